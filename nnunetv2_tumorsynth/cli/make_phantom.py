@@ -1,0 +1,35 @@
+"""``tumorsynth_make_phantom``: write a small phantom nnU-Net raw dataset (tests, demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from nnunetv2.paths import nnUNet_raw
+
+from nnunetv2_tumorsynth.phantom import PhantomSettings, write_phantom_dataset
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Write Dataset<ID>_<name> into $nnUNet_raw: small abdomen-like MR phantoms with an organ "
+        "(liver), vessels and tumours; anisotropic spacing, non-identity direction."
+    )
+    parser.add_argument("-d", type=int, required=True, help="dataset id, e.g. 990")
+    parser.add_argument("-n", type=int, default=8, help="number of training cases (default 8)")
+    parser.add_argument("--n-test", type=int, default=0, help="number of test cases in imagesTs/labelsTs")
+    parser.add_argument("--name", default="Phantom", help="dataset name after the id (default Phantom)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="volume size in voxels (default 32 64 64)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    args = parser.parse_args(argv)
+    if not nnUNet_raw:
+        parser.error("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
+    settings = PhantomSettings(shape=tuple(args.shape)) if args.shape else PhantomSettings()
+    folder = write_phantom_dataset(nnUNet_raw, args.d, args.name, args.n, args.n_test, args.seed, settings,
+                                   args.overwrite)
+    print(f"wrote {folder}")
+
+
+if __name__ == "__main__":
+    main()

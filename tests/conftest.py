@@ -1,0 +1,80 @@
+"""Shared fixtures: private nnU-Net folders, a phantom dataset planned by nnU-Net, tiny plans.
+
+The nnU-Net folder variables are set before anything imports nnunetv2 (it reads them at import
+time), always to a fresh temporary folder: the tests never touch a user's nnU-Net data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import pytest
+
+_ROOT = tempfile.mkdtemp(prefix="tumorsynth_tests_")
+for _var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ[_var] = os.path.join(_ROOT, _var)
+    os.makedirs(os.environ[_var], exist_ok=True)
+os.environ["nnUNet_n_proc_DA"] = "1"  # one augmentation worker (0 breaks nnU-Net's planner); 2 CPU cores here
+os.environ["nnUNet_def_n_proc"] = "1"  # export/preprocessing pools: spawning 8 workers costs ~30 s here
+os.environ["nnUNet_compile"] = "false"
+
+BIN = os.path.dirname(sys.executable)
+PHANTOM_ID = 990
+TINY_PLANS = "tumorsynthTinyPlans"
+
+
+def cli(name: str) -> str:
+    """Path of an installed console script of this environment (nnU-Net's or ours)."""
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is the package installed in this environment?")
+    return path
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: int = 900, check: bool = True, cwd: str | None = None):
+    """Run a CLI; on failure show its output in the assertion message."""
+    result = subprocess.run(cmd, env=env or os.environ.copy(), capture_output=True, text=True, timeout=timeout,
+                            cwd=cwd or _ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}"
+            f"\n--- stderr ---\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict:
+    """The environment a user gets after ``eval "$(tumorsynth_env)"``."""
+    env = os.environ.copy()
+    line = run([cli("tumorsynth_env")]).stdout.strip()
+    assert line.startswith("export nnUNet_extTrainer=")
+    env["nnUNet_extTrainer"] = line.split("=", 1)[1].strip("'\"")
+    return env
+
+
+@dataclass
+class PhantomDataset:
+    dataset_id: int
+    name: str
+    raw: str
+    preprocessed: str
+    env: dict
+    plans: str = TINY_PLANS
+    configuration: str = "3d_fullres"
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(cli_env) -> PhantomDataset:
+    """Dataset990_Phantom (8 training + 2 test cases) planned and preprocessed by nnU-Net, plus tiny plans."""
+    run([cli("tumorsynth_make_phantom"), "-d", str(PHANTOM_ID), "-n", "8", "--n-test", "2"], env=cli_env)
+    run([cli("nnUNetv2_plan_and_preprocess"), "-d", str(PHANTOM_ID), "-c", "3d_fullres",
+         "--verify_dataset_integrity", "-np", "2"], env=cli_env)
+    run([cli("tumorsynth_tiny_plans"), "-d", str(PHANTOM_ID)], env=cli_env)
+    name = f"Dataset{PHANTOM_ID}_Phantom"
+    return PhantomDataset(PHANTOM_ID, name, os.path.join(os.environ["nnUNet_raw"], name),
+                          os.path.join(os.environ["nnUNet_preprocessed"], name), cli_env)
