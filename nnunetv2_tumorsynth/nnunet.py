@@ -150,3 +150,30 @@ def write_json_atomic(obj, path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
+
+
+DDPM_CHECKPOINT_ENV = "TUMORSYNTH_DDPM_CHECKPOINT"
+
+
+def find_ddpm_checkpoint(name: str, plans_identifier: str, configuration: str, fold: int | str) -> str:
+    """The diffusion checkpoint for this dataset, plans, configuration and fold.
+
+    ``$TUMORSYNTH_DDPM_CHECKPOINT`` (a file) wins; otherwise ``checkpoint_best.pth`` (else
+    ``checkpoint_latest.pth``) in ``ddpm_output_folder``. Raises FileNotFoundError with the
+    ``tumorsynth_pretrain_ddpm`` command to run.
+    """
+    explicit = os.environ.get(DDPM_CHECKPOINT_ENV)
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise FileNotFoundError(f"{DDPM_CHECKPOINT_ENV}={explicit} does not exist")
+        return explicit
+    folder = ddpm_output_folder(name, plans_identifier, configuration, fold)
+    for candidate in ("checkpoint_best.pth", "checkpoint_latest.pth"):
+        path = os.path.join(folder, candidate)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"No diffusion model for {name} ({plans_identifier}, {configuration}, fold {fold}) in {folder}. "
+        f"Train it first: tumorsynth_pretrain_ddpm -d {name} -c {configuration} -f {fold} -p {plans_identifier} "
+        f"(or point {DDPM_CHECKPOINT_ENV} at a checkpoint, or use nnUNetTrainerSynthTumorHeuristic, which needs none)"
+    )

@@ -1,0 +1,87 @@
+"""nnU-Net trainers with synthetic tumours injected on the fly (seed 000; see nnunetv2_tumorsynth.bank).
+
+Settings are the class attribute ``synth`` (a ``SynthSettings``); variants replace a field or two.
+``$TUMORSYNTH_SETTINGS`` may name a JSON file that overrides them for an experiment.
+"""
+
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_tumorsynth.bank import SynthSettings
+from nnunetv2_tumorsynth.injection import SyntheticTumourTraining, resolve_settings
+
+
+class nnUNetTrainerSynthTumor(nnUNetTrainer):
+    """Diffusion-inpainted tumours (simplex masks, p = 0.5), from the fold's tumorsynth_pretrain_ddpm model."""
+
+    synth = SynthSettings()
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.synthesis = None
+
+    def get_tr_and_val_datasets(self):
+        # only the training split is wrapped: validation never sees synthetic tumours
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        self.synthesis = SyntheticTumourTraining(
+            resolve_settings(self.synth), self.print_to_log_file, self.output_folder, self.dataset_json,
+            self.plans_manager, self.configuration_manager, self.configuration_name, self.fold, self.device,
+            self.local_rank, dist.get_world_size() if self.is_ddp else 1)
+        dataset_tr = self.synthesis.start(dataset_tr, self.batch_size, self.num_iterations_per_epoch,
+                                          self.current_epoch)
+        return dataset_tr, dataset_val
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.synthesis.before_epoch(self.current_epoch)
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        self.synthesis.after_epoch(self.current_epoch)
+
+
+class nnUNetTrainerSynthTumorElastic(nnUNetTrainerSynthTumor):
+    """Elastic (Gaussian-noise) mask deformation instead of simplex (seed 000 A.1)."""
+
+    synth = replace(SynthSettings(), deformation="elastic")
+
+
+class nnUNetTrainerSynthTumor_p025(nnUNetTrainerSynthTumor):
+    synth = replace(SynthSettings(), probability=0.25)
+
+
+class nnUNetTrainerSynthTumor_p075(nnUNetTrainerSynthTumor):
+    synth = replace(SynthSettings(), probability=0.75)
+
+
+class nnUNetTrainerSynthTumorSizeMix(nnUNetTrainerSynthTumor):
+    """Seed 004 Table 6 size mix (tiny 4 mm ... large 32 mm) for small-tumour detection."""
+
+    synth = replace(SynthSettings(), size="mix")
+
+
+class nnUNetTrainerSynthTumorHeuristic(nnUNetTrainerSynthTumor):
+    """Seed 004's hand-made texture: no diffusion model needed."""
+
+    synth = replace(SynthSettings(), texture="heuristic")
+
+
+class nnUNetTrainerSynthTumorTiny(nnUNetTrainerSynthTumor):
+    """Short schedule for CPU tests: 2 epochs of 3 iterations, small tumours, preview every epoch."""
+
+    synth = replace(SynthSettings(), size="small", ddpm_steps=10, preview_every=1)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 1
+
+
+class nnUNetTrainerSynthTumorHeuristicTiny(nnUNetTrainerSynthTumorTiny):
+    synth = replace(nnUNetTrainerSynthTumorTiny.synth, texture="heuristic")
