@@ -121,9 +121,7 @@ class SynthesisBank:
         start = time.perf_counter()
         usable = [c for c in cases if c not in self.unusable_cases]
         jobs = []
-        for _ in range(n):
-            if not usable:
-                break
+        while len(jobs) < n and usable:
             counts = np.array([len(entry_paths(self.folder, c)) for c in usable]) + np.array(
                 [sum(j["case"] == c for j in jobs) for c in usable])
             fewest = [c for c, k in zip(usable, counts) if k == counts.min()]

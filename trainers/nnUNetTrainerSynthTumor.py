@@ -85,3 +85,18 @@ class nnUNetTrainerSynthTumorTiny(nnUNetTrainerSynthTumor):
 
 class nnUNetTrainerSynthTumorHeuristicTiny(nnUNetTrainerSynthTumorTiny):
     synth = replace(nnUNetTrainerSynthTumorTiny.synth, texture="heuristic")
+
+
+class nnUNetTrainerSynthTumorShort(nnUNetTrainerSynthTumor):
+    """Same schedule as nnUNetTrainerShort (5 x 25 iterations), for benchmarks/bench_synth_overhead.py."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+        self.num_iterations_per_epoch = 25
+        self.num_val_iterations_per_epoch = 5
+
+
+class nnUNetTrainerSynthTumorHeuristicShort(nnUNetTrainerSynthTumorShort):
+    synth = replace(SynthSettings(), texture="heuristic")

@@ -1,0 +1,169 @@
+"""Synthesis bank, overlay and heuristic texture: unit tests on small arrays (no nnU-Net run)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+from nnunetv2_tumorsynth.bank import (
+    OverlaidArray,
+    SynthesisBank,
+    SyntheticTumourDataset,
+    SynthSettings,
+    count_uses,
+    entry_paths,
+    load_entry,
+    overlay_entry,
+    write_preview,
+)
+from nnunetv2_tumorsynth.nnunet import find_ddpm_checkpoint
+from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
+from nnunetv2_tumorsynth.texture import HeuristicTexture
+
+SPACING = (3.0, 1.5, 1.5)
+
+
+class FakeDataset:
+    """Stands in for nnU-Net's preprocessed dataset: load_case -> (data, seg, seg_prev, properties)."""
+
+    def __init__(self, cases: dict):
+        self.cases = cases
+        self.identifiers = sorted(cases)
+
+    def load_case(self, identifier):
+        data, seg = self.cases[identifier]
+        locations = {2: np.argwhere(seg == 2)}
+        return data, seg, None, {"class_locations": locations}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    rng = np.random.default_rng(0)
+    cases = {}
+    for i, with_tumours in enumerate([True, False, True]):
+        image, label = make_phantom_case(rng, PhantomSettings(), with_tumours)
+        image = (image - image.mean()) / image.std()
+        cases[f"case{i}"] = (image[None].astype(np.float32), label[None].astype(np.int8))
+    empty = np.zeros((1, 16, 32, 32), np.int8)
+    cases["no_organ"] = (np.zeros((1, 16, 32, 32), np.float32), empty)
+    return FakeDataset(cases)
+
+
+def make_bank(folder, **settings):
+    s = SynthSettings(texture="heuristic", size="small", seed=1, **settings)
+    return SynthesisBank(str(folder), HeuristicTexture(), s, SPACING, organ_label=1, tumour_label=2)
+
+
+def test_bank_entries_lie_in_the_organ_away_from_tumours(dataset, tmp_path):
+    bank = make_bank(tmp_path)
+    with pytest.warns(UserWarning, match="no_organ"):
+        stats = bank.generate(dataset, dataset.identifiers, 6, epoch=0)
+    assert stats.made == 6 and stats.skipped_cases == ["no_organ"]
+    assert all(0 < v < 20 for v in stats.volumes_ml)
+    for case in ("case0", "case1", "case2"):
+        paths = entry_paths(str(tmp_path), case)
+        assert len(paths) == 2, "cases with the fewest entries are served first"
+        data, seg, _, _ = dataset.load_case(case)
+        for path in paths:
+            e = load_entry(path)
+            box = tuple(slice(int(c), int(c) + s) for c, s in zip(e["corner"], e["mask"].shape))
+            assert e["mask"].any()
+            assert np.all(seg[0][box][e["mask"]] == 1), "inside the organ, never on an existing tumour"
+            assert np.array_equal(e["before"], data[0][box])
+            assert not np.allclose(e["values"][e["mask"]], e["before"][e["mask"]])
+            assert e["volume_ml"] == pytest.approx(e["mask"].sum() * np.prod(SPACING) / 1000)
+    assert not [f for f in os.listdir(tmp_path / "case0") if f.startswith(".")], "no temporary files left"
+
+
+def test_bank_keeps_only_the_newest_entries(dataset, tmp_path):
+    bank = make_bank(tmp_path, max_entries_per_case=2)
+    for epoch in range(3):
+        bank.generate(dataset, ["case0"], 2, epoch)
+    names = [os.path.basename(p) for p in entry_paths(str(tmp_path), "case0")]
+    assert len(names) == 2 and all(n.startswith("e00002") for n in names)
+
+
+def test_overlaid_array_crops_like_a_pasted_copy():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 10, 12, 14)).astype(np.float32)
+    mask = rng.uniform(size=(4, 5, 6)) > 0.4
+    values = rng.normal(size=(1, 4, 5, 6)).astype(np.float32) + 10
+    corner = np.array([6, 2, 8])
+    pasted = base.copy()
+    region = pasted[:, 6:10, 2:7, 8:14]
+    region[:, mask] = values[:, mask]
+    lazy = OverlaidArray(base, corner, mask, values)
+    for bbox in ([[0, 10], [0, 12], [0, 14]], [[5, 9], [-3, 6], [9, 20]], [[0, 3], [0, 3], [0, 3]]):
+        np.testing.assert_array_equal(crop_and_pad_nd(lazy, bbox, 0), crop_and_pad_nd(pasted, bbox, 0))
+    np.testing.assert_array_equal(np.asarray(lazy), pasted)
+    assert np.array_equal(base[0, 0], pasted[0, 0]), "the base array is never modified"
+
+
+def test_overlay_entry_labels_tumour_and_offers_it_to_oversampling(dataset, tmp_path):
+    make_bank(tmp_path).generate(dataset, ["case1"], 1, 0)
+    entry = load_entry(entry_paths(str(tmp_path), "case1")[0])
+    data, seg, _, props = dataset.load_case("case1")
+    assert len(props["class_locations"][2]) == 0, "case1 has no real tumour"
+    data2, seg2, props2 = overlay_entry(data, seg, props, entry, tumour_label=2)
+    seg_full, data_full = np.asarray(seg2), np.asarray(data2)
+    assert (seg_full == 2).sum() == entry["mask"].sum()
+    changed = data_full != data
+    assert changed.any() and not changed[seg_full != 2].any(), "image differs only inside the synthetic mask"
+    locations = props2["class_locations"][2]
+    assert len(locations) == entry["mask"].sum() and np.all(locations[:, 0] == 0)
+    assert np.all(seg_full[0][tuple(locations[:, 1:].T)] == 2)
+
+
+def test_dataset_wrapper_probability_and_usage_log(dataset, tmp_path):
+    make_bank(tmp_path).generate(dataset, ["case0", "case1"], 2, 0)
+    always = SyntheticTumourDataset(dataset, str(tmp_path), 1.0, 2, dump_samples=1)
+    never = SyntheticTumourDataset(dataset, str(tmp_path), 0.0, 2)
+    np.random.seed(0)
+    _, seg, _, _ = always.load_case("case1")
+    assert (np.asarray(seg) == 2).any()
+    _, seg, _, _ = never.load_case("case1")
+    assert not (np.asarray(seg) == 2).any()
+    data, _, _, _ = always.load_case("case2")  # no entries for case2: the real case comes back
+    assert data is dataset.cases["case2"][0]
+    assert count_uses(str(tmp_path)) == 1
+    dumps = os.listdir(tmp_path / "dumps")
+    assert len(dumps) == 1 and dumps[0].startswith("case1__")
+
+
+def test_heuristic_texture_changes_only_the_mask():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 1, 16, 20, 20)).astype(np.float32)
+    mask = np.zeros_like(image, bool)
+    mask[:, :, 5:11, 6:14, 6:14] = True
+    organ = np.ones_like(mask)
+    out = HeuristicTexture().fill(image, mask, organ, rng)
+    assert np.array_equal(out[~mask], image[~mask])
+    inside = out[mask].reshape(2, -1).mean(1) - image[mask].reshape(2, -1).mean(1)
+    assert np.all(np.abs(inside) > 0.5), "tumour mean differs from the organ by > 0.5 organ SD"
+
+
+def test_settings_from_json(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"probability": 0.8, "deformation": "elastic"}))
+    s = SynthSettings().updated_from_json(str(path))
+    assert s.probability == 0.8 and s.deformation == "elastic" and s.size == "paper"
+    path.write_text(json.dumps({"probabilty": 0.8}))
+    with pytest.raises(ValueError, match="probabilty"):
+        SynthSettings().updated_from_json(str(path))
+
+
+def test_missing_ddpm_checkpoint_says_what_to_run(monkeypatch):
+    monkeypatch.delenv("TUMORSYNTH_DDPM_CHECKPOINT", raising=False)
+    with pytest.raises(FileNotFoundError, match="tumorsynth_pretrain_ddpm -d Dataset123_X -c 3d_fullres -f 0"):
+        find_ddpm_checkpoint("Dataset123_X", "nnUNetPlans", "3d_fullres", 0)
+
+
+def test_preview_png(dataset, tmp_path):
+    make_bank(tmp_path).generate(dataset, ["case0", "case2"], 2, 0)
+    png = str(tmp_path / "preview.png")
+    assert write_preview(str(tmp_path), png) == 2
+    assert os.path.getsize(png) > 1000

@@ -1,0 +1,95 @@
+"""nnUNetTrainerSynthTumor* through the real nnUNetv2_train / nnUNetv2_predict CLIs on the phantom."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import cli, run
+
+TUMOUR_FREE = {"phantomtr_001", "phantomtr_005"}
+
+
+def results_folder(ds, trainer: str) -> str:
+    return os.path.join(os.environ["nnUNet_results"], ds.name, f"{trainer}__{ds.plans}__3d_fullres", "fold_0")
+
+
+def train(ds, trainer: str, tmp_path, extra_env: dict | None = None, settings: dict | None = None, check=True,
+          fold: str = "0"):
+    env = dict(ds.env)
+    if settings is not None:
+        path = tmp_path / f"{trainer}_settings.json"
+        path.write_text(json.dumps(settings))
+        env["TUMORSYNTH_SETTINGS"] = str(path)
+    env.update(extra_env or {})
+    return run([cli("nnUNetv2_train"), str(ds.dataset_id), "3d_fullres", fold, "-p", ds.plans, "-tr", trainer,
+                "-device", "cpu"], env=env, check=check)
+
+
+def check_synthetic_samples(folder: str, preprocessed: str) -> None:
+    """Dumped overlays: tumour label added, image changed only inside the synthetic mask, training cases only."""
+    split = json.load(open(os.path.join(preprocessed, "splits_final.json")))[0]
+    dumps = glob.glob(os.path.join(folder, "synthesis_bank", "dumps", "*.npz"))
+    assert dumps, "no synthetic tumour reached a training sample"
+    cases = set()
+    for path in dumps:
+        case = os.path.basename(path).split("__")[0]
+        cases.add(case)
+        d = np.load(path)
+        mask = d["mask"]
+        assert np.array_equal(d["data_after"][:, ~mask], d["data_before"][:, ~mask])
+        assert not np.allclose(d["data_after"][:, mask], d["data_before"][:, mask])
+        assert np.all(d["seg_after"][:, mask] == 2)
+        if case in TUMOUR_FREE:
+            assert not (d["seg_before"] == 2).any() and (d["seg_after"] == 2).any()
+    used = {json.loads(line)["case"] for f in glob.glob(os.path.join(folder, "synthesis_bank", "usage", "*.jsonl"))
+            for line in open(f)}
+    assert used and used <= set(split["train"]), "synthetic tumours only in training cases"
+    assert not used & set(split["val"]), "validation cases never receive synthetic tumours"
+    assert cases & TUMOUR_FREE, "a tumour-free training case received a synthetic tumour"
+
+
+@pytest.fixture(scope="module")
+def heuristic_run(phantom_dataset, tmp_path_factory):
+    result = train(phantom_dataset, "nnUNetTrainerSynthTumorHeuristicTiny", tmp_path_factory.mktemp("h"),
+                   settings={"probability": 1.0, "dump_samples": 100})
+    return result, results_folder(phantom_dataset, "nnUNetTrainerSynthTumorHeuristicTiny")
+
+
+def test_heuristic_trainer_injects_synthetic_tumours(heuristic_run, phantom_dataset):
+    result, folder = heuristic_run
+    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    assert "'probability': 1.0" in log, "settings from TUMORSYNTH_SETTINGS are recorded in the log"
+    assert "synthetic tumours: initial bank" in log
+    assert log.count("training samples received one") == 2, "one report per epoch"
+    assert "mean volume" in log and " ml)" in log
+    assert glob.glob(os.path.join(folder, "synthetic_tumours_epoch*.png"))
+    assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+    check_synthetic_samples(folder, phantom_dataset.preprocessed)
+
+
+def test_predict_and_val_after_synthetic_training(heuristic_run, phantom_dataset, tmp_path):
+    _, folder = heuristic_run
+    out = tmp_path / "pred"
+    run([cli("nnUNetv2_predict"), "-d", str(phantom_dataset.dataset_id), "-c", "3d_fullres", "-f", "0",
+         "-p", phantom_dataset.plans, "-tr", "nnUNetTrainerSynthTumorHeuristicTiny",
+         "-i", os.path.join(phantom_dataset.raw, "imagesTs"), "-o", str(out), "-device", "cpu", "-npp", "1",
+         "-nps", "1"], env=phantom_dataset.env)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["phantomts_000.nii.gz", "phantomts_001.nii.gz"]
+    bank_before = sorted(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz")))
+    train_args = [cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", "0", "-p",
+                  phantom_dataset.plans, "-tr", "nnUNetTrainerSynthTumorHeuristicTiny", "-device", "cpu", "--val"]
+    run(train_args, env=phantom_dataset.env)
+    assert sorted(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz"))) == bank_before, \
+        "--val must not synthesise"
+
+
+def test_ddpm_trainer_without_checkpoint_says_what_to_run(phantom_dataset, tmp_path):
+    # fold 3: no diffusion model is ever trained for it in the test suite
+    result = train(phantom_dataset, "nnUNetTrainerSynthTumorTiny", tmp_path, check=False, fold="3",
+                   extra_env={"TUMORSYNTH_DDPM_CHECKPOINT": ""})
+    assert result.returncode != 0
+    assert "tumorsynth_pretrain_ddpm -d Dataset990_Phantom -c 3d_fullres -f 3" in result.stdout + result.stderr
