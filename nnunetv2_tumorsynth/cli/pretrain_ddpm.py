@@ -1,0 +1,100 @@
+"""``tumorsynth_pretrain_ddpm``: train the tumour-inpainting diffusion model on a fold's training tumours.
+
+    tumorsynth_pretrain_ddpm -d 501 [502 ...] -c 3d_fullres -f 0 [-p nnUNetPlans] [--preset paper]
+        [--epochs 5000] [--batch-size 1] [--crop Z Y X] [-device cuda|cpu] [--c | --overwrite] [--seed 0]
+        [--val-fraction 0.1]
+    torchrun --nproc_per_node 4 $(which tumorsynth_pretrain_ddpm) -d 501 -c 3d_fullres -f 0
+
+Writes ``$nnUNet_results/<first dataset>/tumorsynth_ddpm__<plans>__<configuration>/fold_<f>/``. The work is
+done by ``nnunetv2_tumorsynth.ddpm.training.train_ddpm``; this module only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunetv2_tumorsynth.ddpm.network import PRESETS
+
+
+def _fold(value: str) -> int | str:
+    return value if value == "all" else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tumorsynth_pretrain_ddpm",
+        description="Train the 3D diffusion model (DDPM) that inpaints tumour texture, on crops around the tumours "
+        "of the training cases of one fold of nnU-Net's preprocessed data (the fold's validation cases stay "
+        "unseen). Several datasets are pooled if they share spacing and normalisation.",
+    )
+    parser.add_argument("-d", nargs="+", required=True, metavar="DATASET",
+                        help="dataset id(s) or name(s); output goes under the first one's results folder")
+    parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default 3d_fullres)")
+    parser.add_argument("-f", type=_fold, required=True, help="fold (0-4, or 'all')")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="network preset: paper (862 M parameters, seed 000 Table 1), fast (on-the-fly "
+                        "synthesis), tiny (CPU tests). Default paper; with --c the checkpoint's")
+    parser.add_argument("--epochs", type=int, default=5000,
+                        help="total epochs, one pass over the training tumours each (default 5000, as the paper)")
+    parser.add_argument("--batch-size", type=int, default=1, help="crops per iteration and process (default 1)")
+    parser.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                        help="crop size in voxels, preprocessed axis order (default: the paper's 192 x 144 x 192 mm "
+                        "converted to the plans' spacing, rounded to a multiple of the network's size divisor)")
+    parser.add_argument("-device", choices=("cuda", "cpu"), default="cuda", help="default cuda")
+    parser.add_argument("--c", action="store_true", dest="resume", help="continue from checkpoint_latest.pth")
+    parser.add_argument("--overwrite", action="store_true", help="start over, replacing existing checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="fraction of the training tumours held out for the validation loss (default 0.1)")
+    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, the paper's)")
+    parser.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
+    parser.add_argument("--channel", type=int, default=0, help="input channel (modality) to learn (default 0)")
+    parser.add_argument("--organ-label", default=None, help="organ label name or value if not found by name")
+    parser.add_argument("--tumour-label", default=None, help="tumour label name or value if not found by name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--c and --overwrite exclude each other")
+
+    from nnunetv2_tumorsynth.ddpm.training import TrainingSettings, train_ddpm
+
+    settings = TrainingSettings(
+        datasets=args.d,
+        configuration=args.c,
+        fold=args.f,
+        plans_identifier=args.p,
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        crop_size=args.crop,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        channel=args.channel,
+        organ_label=args.organ_label,
+        tumour_label=args.tumour_label,
+        extra_log=["command: " + " ".join(["tumorsynth_pretrain_ddpm", *(argv if argv is not None else sys.argv[1:])])],
+    )
+    try:
+        summary = train_ddpm(settings)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if summary["rank"] != 0:
+        return
+    if summary["iterations"]:
+        print(f"speed: {summary['iterations_per_second']:.3f} training iterations/s per process")
+    print(f"output: {summary['output_folder']}")
+
+
+if __name__ == "__main__":
+    main()
