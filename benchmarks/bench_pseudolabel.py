@@ -1,0 +1,150 @@
+"""Benchmark: do boxes help? Pseudo-mask Dice of a box-guided nnU-Net vs the same short training without boxes.
+
+On phantom data (private nnU-Net folders under --workdir, tiny plans, CPU by default):
+
+1. ``tumorsynth_make_phantom`` (training + held-out test cases), ``nnUNetv2_plan_and_preprocess``,
+   ``tumorsynth_tiny_plans``;
+2. ``nnUNetv2_train`` with ``nnUNetTrainerBBoxChannel_5epochs`` and with nnU-Net's own
+   ``nnUNetTrainer_5epochs`` (same schedule, no boxes);
+3. boxes of the test cases' true tumours (one 3D box per tumour, LLD-MMRI layout and Annotation.json);
+4. ``tumorsynth_pseudolabel`` with the box model; ``nnUNetv2_predict`` with the plain model, also scored
+   after removing its tumour outside the same boxes (+ margin), so the box *channel* is compared with
+   boxes used only as a filter;
+5. Dice to the true phantom tumours and organ, and seconds per case.
+
+Run::
+
+    python benchmarks/bench_pseudolabel.py [--workdir /tmp/bench_pseudolabel] [--train 16] [--test 8] \\
+        [--features 8 16 32] [-device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_tumorsynth.bbox import lesion_boxes, margin_in_voxels, rasterise, restrict_tumour_to_boxes, write_lld_mmri
+
+BIN = os.path.dirname(sys.executable)
+DATASET_ID = 980
+BOX_TRAINER = "nnUNetTrainerBBoxChannel_5epochs"
+PLAIN_TRAINER = "nnUNetTrainer_5epochs"
+
+
+def sh(cmd: list[str], env: dict) -> float:
+    """Run a CLI of this environment, fail loudly, return seconds."""
+    start = time.perf_counter()
+    result = subprocess.run([os.path.join(BIN, cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float("nan") if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=None, help="folder for the private nnU-Net folders (default: a temp dir)")
+    parser.add_argument("--train", type=int, default=16, help="phantom training cases")
+    parser.add_argument("--test", type=int, default=8, help="held-out phantom cases to pseudo-label")
+    parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32), help="tiny plans features per stage")
+    parser.add_argument("--margin-mm", type=float, default=5.0)
+    parser.add_argument("-device", default="cpu")
+    args = parser.parse_args()
+
+    work = args.workdir or tempfile.mkdtemp(prefix="bench_pseudolabel_")
+    env = os.environ.copy()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = os.path.join(work, var)
+        os.makedirs(env[var], exist_ok=True)
+    env.update(nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2"), nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "1"),
+               nnUNet_compile="false")
+    env["nnUNet_extTrainer"] = subprocess.run([os.path.join(BIN, "tumorsynth_env"), "--trainers-path"],
+                                              capture_output=True, text=True, check=True).stdout.strip()
+    name = f"Dataset{DATASET_ID}_Phantom"
+    raw = os.path.join(env["nnUNet_raw"], name)
+    timings = {}
+
+    if not os.path.isdir(raw):
+        sh(["tumorsynth_make_phantom", "-d", str(DATASET_ID), "-n", str(args.train), "--n-test", str(args.test),
+            "--seed", "1"], env)
+        sh(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"], env)
+        sh(["tumorsynth_tiny_plans", "-d", str(DATASET_ID), "--features", *map(str, args.features)], env)
+    for trainer in (BOX_TRAINER, PLAIN_TRAINER):
+        final = os.path.join(env["nnUNet_results"], name, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0",
+                             "checkpoint_final.pth")
+        if not os.path.isfile(final):
+            print(f"training {trainer} ...", flush=True)
+            timings[f"train {trainer} (s)"] = sh(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p",
+                                                  "tumorsynthTinyPlans", "-tr", trainer, "-device", args.device], env)
+
+    # boxes of the true tumours, LLD-MMRI layout (one arterial-phase series per test case)
+    lld = os.path.join(work, "lld")
+    shutil.rmtree(lld, ignore_errors=True)
+    cases, truth = {}, {}
+    for f in sorted(os.listdir(os.path.join(raw, "labelsTs"))):
+        case = f[: -len(".nii.gz")]
+        label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw, "labelsTs", f)))
+        boxes = [b for lesion in lesion_boxes(label == 2) for b in lesion]
+        os.makedirs(os.path.join(lld, "images", case, "st"))
+        shutil.copyfile(os.path.join(raw, "imagesTs", f"{case}_0000.nii.gz"),
+                        os.path.join(lld, "images", case, "st", "se.nii.gz"))
+        cases[case] = [{"studyUID": "st", "seriesUID": "se", "phase": "C+A", "boxes": boxes}]
+        truth[case] = (label, boxes)
+    write_lld_mmri(cases, os.path.join(lld, "Annotation.json"))
+
+    box_out, plain_out = os.path.join(work, "pseudo_box"), os.path.join(work, "pred_plain")
+    shutil.rmtree(box_out, ignore_errors=True)
+    shutil.rmtree(plain_out, ignore_errors=True)
+    timings["tumorsynth_pseudolabel wall (s)"] = sh(
+        ["tumorsynth_pseudolabel", "-bbox", os.path.join(lld, "Annotation.json"), "-i", os.path.join(lld, "images"),
+         "-o", box_out, "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", BOX_TRAINER, "-p",
+         "tumorsynthTinyPlans", "-device", args.device, "--margin-mm", str(args.margin_mm)], env)
+    summary = json.load(open(os.path.join(box_out, "pseudolabel_summary.json")))
+    per_case = [c["seconds"] for c in summary["cases"]]
+    timings["tumorsynth_pseudolabel per case (s)"] = float(np.mean(per_case))
+    timings["nnUNetv2_predict wall (s)"] = sh(
+        ["nnUNetv2_predict", "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", PLAIN_TRAINER, "-p",
+         "tumorsynthTinyPlans", "-i", os.path.join(raw, "imagesTs"), "-o", plain_out, "-device", args.device,
+         "-npp", "1", "-nps", "1"], env)
+
+    rows = {"BBoxChannel (boxes as input)": [], "plain nnU-Net": [], "plain nnU-Net + box filter": []}
+    organ_rows = {k: [] for k in rows}
+    for case, (label, boxes) in truth.items():
+        box_pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(box_out, f"{case}_CA.nii.gz")))
+        plain = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(plain_out, f"{case}.nii.gz")))
+        spacing = sitk.ReadImage(os.path.join(raw, "labelsTs", f"{case}.nii.gz")).GetSpacing()[::-1]
+        allowed = rasterise([b.expanded(margin_in_voxels(args.margin_mm, spacing)) for b in boxes], label.shape)
+        filtered, _ = restrict_tumour_to_boxes(plain, allowed, 1, 2)
+        for key, pred in zip(rows, (box_pred, plain, filtered)):
+            if (label == 2).any():
+                rows[key].append(dice(label == 2, pred == 2))
+            organ_rows[key].append(dice(label >= 1, pred >= 1))
+
+    n_tumour_cases = sum((label == 2).any() for label, _ in truth.values())
+    print(f"\nPseudo-mask quality on {len(truth)} held-out phantom cases ({n_tumour_cases} with tumours); "
+          f"{args.train} training cases, tiny plans {args.features}, 5 epochs x 250 iterations, fold 0, device "
+          f"{args.device}")
+    print(f"{'model':32s} {'tumour Dice':>12s} {'organ+tumour Dice':>18s}")
+    for key in rows:
+        print(f"{key:32s} {np.nanmean(rows[key]):12.3f} {np.nanmean(organ_rows[key]):18.3f}")
+    print()
+    for key, value in timings.items():
+        print(f"{key:40s} {value:8.2f}")
+    print(f"\ncommand: {' '.join([os.path.basename(sys.executable), *sys.argv])}   (workdir {work})")
+
+
+if __name__ == "__main__":
+    main()
