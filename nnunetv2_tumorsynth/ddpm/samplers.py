@@ -1,0 +1,325 @@
+"""DDPM and DDIM inpainting samplers (seed 000 eq. 1-2; Song et al. 2021, DDIM, eq. 12 and 16).
+
+Both samplers start from the masked forward process (eq. 1) at the noisiest timestep of their subsequence,
+take one network evaluation per step, and clamp the known region (mask = 0) to the original image after every
+step (eq. 2: ``x_{t-1} = (1 - m) x0 + m (...)``, written with ``torch.where`` for a boolean mask). The
+returned crops are bit-identical to the input outside the mask. Sampler arithmetic is float32; only the
+network forward may run under bf16 autocast (CUDA).
+
+Timesteps are 0-based (t = 0 .. T-1, ``abar_{-1} = 1``), see ``schedule.py``. Arrays are (B, 1, z, y, x) in
+nnU-Net's preprocessed axis order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .schedule import NoiseSchedule, timestep_subsequence
+
+# eps_theta: (x_t (B, 1, z, y, x), t (B,) int64, mask (B, 1, z, y, x) bool) -> predicted noise (B, 1, z, y, x)
+EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def _predict_eps(
+    model: EpsModel, x_t: torch.Tensor, t: int, mask: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """One network evaluation ``eps_theta(x_t, t, m)`` in float32 (autocast only around the forward)."""
+    timesteps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    if autocast_dtype is not None:
+        with torch.autocast(device_type=x_t.device.type, dtype=autocast_dtype):
+            eps = model(x_t, timesteps, mask)
+    else:
+        eps = model(x_t, timesteps, mask)
+    return eps.float()
+
+
+def _standard_normal(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """N(0, I) noise shaped like ``like`` (B, ...), crop b drawn from ``generators[b]``.
+
+    Drawn on the CPU (generators are CPU generators) and moved to ``like``'s device, so a seed gives the same
+    noise on every device and the noise of a crop does not depend on which other crops share its batch.
+    """
+    if len(generators) != like.shape[0]:
+        raise ValueError(f"need one generator per crop: {len(generators)} generators for {like.shape[0]} crops")
+    noise = [torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(noise).to(like.device)
+
+
+def _iterate(steps: list[int], progress: bool, desc: str) -> Any:
+    if not progress:
+        return enumerate(steps)
+    from tqdm import tqdm
+
+    return enumerate(tqdm(steps, desc=desc, leave=False))
+
+
+def ddpm_inpaint(
+    model: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    mask: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    steps: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ancestral DDPM inpainting, seed 000 eq. 2 (Ho et al. 2020, Algorithm 2 with the clamp of eq. 2).
+
+    With ``steps=None`` (or T) every timestep T-1 .. 0 is visited: exactly the paper's eq. 2 with
+    ``mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps_theta) / sqrt(alpha_t)`` and the "fixed small" variance
+    ``Sigma_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)``. With fewer steps the same formulas run on the
+    subsequence ``timestep_subsequence(T, steps)`` with the respaced ``alpha_t = abar_t / abar_prev``
+    (Nichol & Dhariwal 2021).
+
+    Args:
+        model: ``eps_theta(x_t, t, mask)``.
+        x0: images (B, 1, z, y, x), float32; the known region (mask False) is kept as is.
+        mask: (B, 1, z, y, x) bool, True = region to inpaint.
+        generators: one CPU ``torch.Generator`` per crop.
+    Returns:
+        inpainted images (B, 1, z, y, x), float32, equal to ``x0`` outside the mask.
+    """
+    timesteps = timestep_subsequence(schedule.num_train_timesteps, steps or schedule.num_train_timesteps)
+    # start: eq. 1 at the first timestep (abar_{T-1} ~ 4e-4: essentially N(0, I) inside the mask)
+    abar_first = schedule.abar(timesteps[0])
+    noise = _standard_normal(x0, generators)
+    x_t = torch.where(mask, math.sqrt(abar_first) * x0 + math.sqrt(1.0 - abar_first) * noise, x0)  # eq. 1
+    for i, t in _iterate(timesteps, progress, "DDPM"):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+        alpha_t = abar_t / abar_prev  # = 1 - beta_t when no step is skipped
+        beta_t = 1.0 - alpha_t
+        eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
+        mean = (x_t - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)  # mu_theta(x_t, t)
+        variance = beta_t * (1.0 - abar_prev) / (1.0 - abar_t)  # Sigma_theta(x_t, t); 0 at the last step
+        if t_prev >= 0:
+            x_prev = mean + math.sqrt(variance) * _standard_normal(x0, generators)  # mu + sqrt(Sigma) z
+        else:
+            x_prev = mean
+        x_t = torch.where(mask, x_prev, x0)  # eq. 2: known region clamped to the original
+    return x_t
+
+
+def ddim_inpaint(
+    model: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    mask: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    steps: int = 250,
+    eta: float = 0.0,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM inpainting (Song et al. 2021, eq. 12) with the known region clamped after every step (eq. 2).
+
+    ``steps`` network evaluations on ``timestep_subsequence(T, steps)`` (the paper samples with 250).
+    ``eta = 0`` is deterministic given the starting noise; ``eta = 1`` has the DDPM posterior variance.
+
+    Args and returns as ``ddpm_inpaint``.
+    """
+    timesteps = timestep_subsequence(schedule.num_train_timesteps, steps)
+    abar_first = schedule.abar(timesteps[0])
+    noise = _standard_normal(x0, generators)
+    x_t = torch.where(mask, math.sqrt(abar_first) * x0 + math.sqrt(1.0 - abar_first) * noise, x0)  # eq. 1
+    for i, t in _iterate(timesteps, progress, "DDIM"):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+        eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
+        # eq. 12, "predicted x0": (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+        # eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+        sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
+        # eq. 12, "direction pointing to x_t": sqrt(1 - abar_prev - sigma^2) eps
+        direction = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0)) * eps
+        x_prev = math.sqrt(abar_prev) * x0_pred + direction
+        if sigma > 0.0:
+            x_prev = x_prev + sigma * _standard_normal(x0, generators)  # eq. 12, random noise sigma_t z
+        x_t = torch.where(mask, x_prev, x0)  # eq. 2: known region clamped to the original
+    return x_t
+
+
+def _pad_to_multiple(x: torch.Tensor, divisor: int, mode: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad (B, C, z, y, x) at the high end of z, y, x up to multiples of ``divisor``.
+
+    ``mode="replicate"`` for images (context continues smoothly), ``"constant"`` (0) for masks.
+    """
+    size = tuple(int(s) for s in x.shape[2:])
+    padded = tuple(-(-s // divisor) * divisor for s in size)
+    if padded == size:
+        return x, size
+    pads = []
+    # F.pad wants (x_lo, x_hi, y_lo, y_hi, z_lo, z_hi)
+    for s, p in zip(reversed(size), reversed(padded), strict=True):
+        pads += [0, p - s]
+    if mode == "constant":
+        return F.pad(x, pads, mode="constant", value=0.0), size
+    return F.pad(x, pads, mode=mode), size
+
+
+def crop_generators(seed: int | np.random.Generator | None, n: int) -> list[torch.Generator]:
+    """``n`` independent CPU generators derived from one seed (numpy ``SeedSequence.spawn``).
+
+    ``seed=None`` draws a fresh seed from torch's global RNG (so ``torch.manual_seed`` still pins it); a
+    ``numpy.random.Generator`` contributes one draw.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+    elif isinstance(seed, np.random.Generator):
+        seed = int(seed.integers(0, 2**62))
+    children = np.random.SeedSequence(int(seed)).spawn(n)
+    generators = []
+    for child in children:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0]) & (2**63 - 1))
+        generators.append(g)
+    return generators
+
+
+def _model_device(model: Any) -> torch.device:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def inpaint(
+    model: EpsModel,
+    image: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+    steps: int | None = 250,
+    sampler: str = "ddim",
+    seed: int | np.random.Generator | None = None,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    eta: float = 0.0,
+    schedule: NoiseSchedule | None = None,
+    autocast: bool = True,
+    progress: bool = False,
+) -> np.ndarray | torch.Tensor:
+    """Inpaint the masked region of image crops with the diffusion model (seed 000 section 2.2.2).
+
+    Voxels outside the mask are returned bit-identical to ``image`` (same dtype); inside, the sampled values
+    are cast to ``image``'s dtype.
+
+    Args:
+        model: a ``MaskedDiffusionUNet`` (from ``build_model`` / ``load_checkpoint``) or any callable
+            ``(x_t, t, mask) -> eps``. An ``nn.Module`` is put in eval mode for the call (restored after)
+            and, if ``device`` is given, moved there in place (``model.to(device)``).
+        image: one crop (1, z, y, x) or a batch (B, 1, z, y, x), numpy or torch, normalised as the model's
+            training data (see the checkpoint metadata), axes in nnU-Net's preprocessed order.
+        mask: same shape as ``image`` (or without its channel axis), boolean or {0, 1}; True = inpaint.
+        steps: network evaluations. DDIM: any number in [1, T], None = 250 (the paper's). DDPM: None = all
+            T steps (the paper's eq. 2), fewer = respaced DDPM.
+        sampler: "ddim" or "ddpm".
+        seed: int, ``numpy.random.Generator`` or None (see ``crop_generators``). Crop b always gets the b-th
+            child seed, so results do not depend on ``batch_size``.
+        batch_size: crops per network evaluation.
+        device: "cpu", "cuda", ...; None = the model's device.
+        eta: DDIM stochasticity (0 = deterministic DDIM; ignored by DDPM).
+        schedule: noise schedule; None = ``model.schedule`` if present, else the default.
+        autocast: on CUDA, run the network forward under bf16 autocast (sampler arithmetic stays float32).
+        progress: show a tqdm bar over the steps.
+
+    Crop sizes that are not multiples of the model's ``size_divisor`` (2 ** (levels - 1)) are padded at the
+    high end of each axis (image: edge replicate, mask: 0, i.e. known) and cropped back; no error.
+
+    Returns:
+        the inpainted image, same type (numpy or torch, torch on ``image``'s device), shape and dtype.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    is_numpy = isinstance(image, np.ndarray)
+    image_t = torch.from_numpy(image) if is_numpy else image
+    mask_t = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
+    if not isinstance(image_t, torch.Tensor) or not isinstance(mask_t, torch.Tensor):
+        raise TypeError("image and mask must be numpy arrays or torch tensors")
+    if image_t.ndim not in (4, 5) or image_t.shape[-4] != 1:
+        raise ValueError(
+            f"image must be one crop (1, z, y, x) or a batch (B, 1, z, y, x) with one channel; "
+            f"got shape {tuple(image_t.shape)}"
+        )
+    if mask_t.shape == image_t.shape[:-4] + image_t.shape[-3:]:
+        mask_t = mask_t.unsqueeze(-4)
+    if mask_t.shape != image_t.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask_t.shape)} does not match image shape {tuple(image_t.shape)} "
+            f"(or the image shape without its channel axis)"
+        )
+    single = image_t.ndim == 4
+    images = image_t.unsqueeze(0) if single else image_t
+    masks = (mask_t.unsqueeze(0) if single else mask_t).to(images.device)
+    masks = masks if masks.dtype == torch.bool else masks != 0
+
+    run_device = torch.device(device) if device is not None else _model_device(model)
+    if schedule is None:
+        schedule = getattr(model, "schedule", None) or NoiseSchedule()
+    divisor = int(getattr(model, "size_divisor", 1))
+    autocast_dtype = torch.bfloat16 if (autocast and run_device.type == "cuda") else None
+    generators = crop_generators(seed, images.shape[0])
+
+    was_training = None
+    if isinstance(model, nn.Module):
+        was_training = model.training
+        model.eval()
+        if device is not None:
+            model.to(run_device)
+
+    sampled = images.to(torch.float32, copy=True)  # float32 working copy; only masked voxels are replaced
+    todo = [b for b in range(images.shape[0]) if bool(masks[b].any())]  # empty masks: nothing to sample
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start : start + batch_size]
+                x0 = images[idx].to(run_device, torch.float32)
+                if not bool(torch.isfinite(x0).all()):
+                    raise ValueError(f"image crops {idx} contain NaN or inf")
+                m = masks[idx].to(run_device)
+                x0_pad, size = _pad_to_multiple(x0, divisor, mode="replicate")
+                m_pad = _pad_to_multiple(m.float(), divisor, mode="constant")[0] > 0.5
+                chunk_generators = [generators[b] for b in idx]
+                if sampler == "ddim":
+                    out = ddim_inpaint(
+                        model,
+                        schedule,
+                        x0_pad,
+                        m_pad,
+                        chunk_generators,
+                        steps=steps or 250,
+                        eta=eta,
+                        autocast_dtype=autocast_dtype,
+                        progress=progress,
+                    )
+                else:
+                    out = ddpm_inpaint(
+                        model,
+                        schedule,
+                        x0_pad,
+                        m_pad,
+                        chunk_generators,
+                        steps=steps,
+                        autocast_dtype=autocast_dtype,
+                        progress=progress,
+                    )
+                out = out[..., : size[0], : size[1], : size[2]]
+                sampled[idx] = out.to(sampled.device)
+    finally:
+        if was_training is not None and was_training:
+            model.train()
+
+    # bit-identical outside the mask: select from the original tensor, no arithmetic on it
+    result = torch.where(masks, sampled.to(images.dtype), images)
+    if single:
+        result = result[0]
+    return result.numpy() if is_numpy else result
