@@ -269,7 +269,9 @@ def _generic_case(case_id: str, content, where: str, images_dir: str, file_endin
     boxes = []
     for i, entry in enumerate(content["boxes"]):
         lo, hi = _parse_corners(entry, f"{where}, box {i}")
-        category = entry.get("category") if isinstance(entry, dict) else None
+        category = entry.get("category")
+        if category is not None and (isinstance(category, bool) or not str(category).lstrip("-").isdigit()):
+            raise AnnotationError(f"{where}, box {i}: category must be an integer, got {category!r}")
         category = None if category is None else int(category)
         boxes.append(BoxAnnotation(lo, hi, space, category, f"case {case_id}, box {i}"))
     images = _case_images(case_id, images_dir, file_ending, num_channels, content.get("image"))

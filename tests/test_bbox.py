@@ -375,3 +375,20 @@ def test_boxes_through_preprocessing_match_ground_truth_boxes(phantom_files, tra
     tumour = label[0] == 2
     dice = 2 * (tumour & (back == 2)).sum() / (tumour.sum() + (back == 2).sum())
     assert dice > 0.9, dice
+
+
+def test_models_without_box_channel_are_refused():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunetv2_tumorsynth.cli.pseudolabel import PseudolabelError, check_box_model
+
+    class BoxTrainer(nnUNetTrainer):
+        uses_box_channel = True
+
+    two = {"trainer_name": "BoxTrainer", "network_weights": {"encoder.conv.weight": torch.zeros(4, 2, 3, 3, 3)}}
+    check_box_model(two, BoxTrainer, 1, "ck.pth")
+    with pytest.raises(PseudolabelError, match="ck.pth was trained by nnUNetTrainer .*no tumour box channel"):
+        check_box_model(dict(two, trainer_name="nnUNetTrainer"), nnUNetTrainer, 1, "ck.pth")
+    one = {"trainer_name": "BoxTrainer", "network_weights": {"encoder.conv.weight": torch.zeros(4, 1, 3, 3, 3)}}
+    with pytest.raises(PseudolabelError, match="1 input channel.*nnUNetv2_train DATASET"):
+        check_box_model(one, BoxTrainer, 1, "ck.pth")

@@ -130,10 +130,11 @@ class Log:
                 f.write(line + "\n")
 
 
-def pseudolabel_case(case: BoxCase, predictor, organ: int, tumour: int, margin_mm: float, output_file: str,
+def pseudolabel_case(case: BoxCase, predictor, organ: int, tumour: int, margin_mm: float | None, output_file: str,
                      box_file: str | None = None) -> dict:
     """Predict one case and write its label map (and optionally its box raster) atomically.
 
+    Tumour further than ``margin_mm`` from every box is removed (kept everywhere when None).
     Returns a summary: boxes used (z, y, x half-open voxel indices), warnings, tumour voxels removed.
     """
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
@@ -166,9 +167,11 @@ def pseudolabel_case(case: BoxCase, predictor, organ: int, tumour: int, margin_m
         logits, plans_manager, configuration_manager, predictor.label_manager, properties)
 
     spacing = tuple(float(s) for s in properties["spacing"])  # (z, y, x) mm for SimpleITK
-    allowed = rasterise([b.expanded(margin_in_voxels(margin_mm, spacing)) for b in boxes], shape)
     tumour_before = int((segmentation == tumour).sum())
-    segmentation, removed = restrict_tumour_to_boxes(segmentation, allowed, organ, tumour)
+    removed = 0
+    if margin_mm is not None:
+        allowed = rasterise([b.expanded(margin_in_voxels(margin_mm, spacing)) for b in boxes], shape)
+        segmentation, removed = restrict_tumour_to_boxes(segmentation, allowed, organ, tumour)
 
     _write_atomic(rw, segmentation, output_file, properties)
     if box_file is not None:
@@ -258,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(6 = hepatocellular carcinoma; default: all)")
     parser.add_argument("--margin-mm", type=float, default=5.0,
                         help="tumour further than this from every box is removed (mm, default 5)")
+    parser.add_argument("--keep-outside", action="store_true",
+                        help="keep predicted tumour outside the boxes (default: removed, see --margin-mm)")
     parser.add_argument("--organ-label", default=None, help="organ label name or value (default: from dataset.json)")
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value (default: from dataset.json)")
     parser.add_argument("--as-dataset", type=int, default=None, metavar="ID",
@@ -350,18 +355,20 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"are voxel indices of SimpleITK arrays, so only SimpleITKIO plans are supported")
     organ, tumour = organ_and_tumour_labels(source_json, args.organ_label or trainer_class.organ_label,
                                             args.tumour_label or trainer_class.tumour_label)
+    margin_mm = None if args.keep_outside else args.margin_mm
     settings = {"model": folder, "fold": args.f, "checkpoint": args.chk, "trainer": args.tr, "annotations": args.bbox,
-                "images": args.i, "phases": args.phases, "categories": args.categories, "margin_mm": args.margin_mm,
+                "images": args.i, "phases": args.phases, "categories": args.categories, "margin_mm": margin_mm,
                 "organ_label": organ, "tumour_label": tumour, "mirroring": not args.disable_tta,
                 "device": str(device)}
-    log(f"tumorsynth_pseudolabel: {len(todo)} case(s), model {folder} fold {args.f}, tumour outside boxes + "
-        f"{args.margin_mm:g} mm is removed, device {device}")
+    log(f"tumorsynth_pseudolabel: {len(todo)} case(s), model {folder} fold {args.f}, "
+        + ("tumour outside the boxes is kept" if args.keep_outside else
+           f"tumour outside boxes + {args.margin_mm:g} mm is removed") + f", device {device}")
 
     results, failed = [], []
     for case in tqdm(todo, desc="pseudo-labelling", disable=None):
         box_file = os.path.join(out, "boxes", f"{case.case_id}{ending}") if args.save_boxes else None
         try:
-            result = pseudolabel_case(case, predictor, organ, tumour, args.margin_mm,
+            result = pseudolabel_case(case, predictor, organ, tumour, margin_mm,
                                       os.path.join(out, f"{case.case_id}{ending}"), box_file)
         except UnreadableImage as e:  # report, go on with the others
             failed.append({"case": case.case_id, "source": case.source, "error": str(e).strip()})
