@@ -49,16 +49,134 @@ def main() -> None:
     sh(env, "nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "--verify_dataset_integrity", "-np", "2")
     sh(env, "tumorsynth_tiny_plans", "-d", DATASET)
     plans = ["-p", "tumorsynthTinyPlans"]
-    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerTiny", "-device", "cpu")
     raw = os.path.join(env["nnUNet_raw"], "Dataset990_Phantom")
-    pred = os.path.join(work, "predictions")
-    sh(env, "nnUNetv2_predict", "-d", DATASET, "-c", "3d_fullres", "-f", "0", *plans, "-tr", "nnUNetTrainerTiny",
-       "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-device", "cpu", "-npp", "1", "-nps", "1")
-    summary = os.path.join(env["nnUNet_results"], "Dataset990_Phantom",
-                           "nnUNetTrainerTiny__tumorsynthTinyPlans__3d_fullres", "fold_0", "validation", "summary.json")
-    dice = json.load(open(summary))["mean"]
-    print("validation Dice per label:", {k: round(v["Dice"], 3) for k, v in dice.items()})
-    print(f"predictions in {pred}")
+    results = os.path.join(env["nnUNet_results"], "Dataset990_Phantom")
+    test_images = os.path.join(raw, "imagesTs")
+
+    # 1. baseline nnU-Net and nnU-Net with diffusion-inpainted synthetic tumours (same short schedule)
+    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerTiny", "-device", "cpu")
+    sh(
+        env,
+        "tumorsynth_pretrain_ddpm",
+        "-d",
+        DATASET,
+        "-c",
+        "3d_fullres",
+        "-f",
+        "0",
+        *plans,
+        "--preset",
+        "tiny",
+        "--epochs",
+        "3",
+        "--crop",
+        "16",
+        "32",
+        "32",
+        "-device",
+        "cpu",
+    )
+    sh(
+        env,
+        "nnUNetv2_train",
+        DATASET,
+        "3d_fullres",
+        "0",
+        *plans,
+        "-tr",
+        "nnUNetTrainerSynthTumorTiny",
+        "-device",
+        "cpu",
+    )
+    for trainer in ("nnUNetTrainerTiny", "nnUNetTrainerSynthTumorTiny"):
+        sh(
+            env,
+            "nnUNetv2_predict",
+            "-d",
+            DATASET,
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            *plans,
+            "-tr",
+            trainer,
+            "-i",
+            test_images,
+            "-o",
+            os.path.join(work, "predictions", trainer),
+            "-device",
+            "cpu",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+        )
+        summary = os.path.join(
+            results, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0", "validation", "summary.json"
+        )
+        dice = json.load(open(summary))["mean"]
+        print(f"  {trainer}: validation Dice per label", {k: round(v["Dice"], 3) for k, v in dice.items()})
+    synth_folder = os.path.join(results, "nnUNetTrainerSynthTumorTiny__tumorsynthTinyPlans__3d_fullres", "fold_0")
+    print("  synthetic tumours: previews", sorted(f for f in os.listdir(synth_folder) if f.endswith(".png")))
+
+    # 2. box-only annotations: box-guided nnU-Net, then pseudo-masks for an LLD-MMRI-style folder
+    sh(
+        env,
+        "nnUNetv2_train",
+        DATASET,
+        "3d_fullres",
+        "0",
+        *plans,
+        "-tr",
+        "nnUNetTrainerBBoxChannelTiny",
+        "-device",
+        "cpu",
+    )
+    lld = make_lld_mmri_folder(raw, os.path.join(work, "lld_mmri"))
+    sh(
+        env,
+        "tumorsynth_pseudolabel",
+        "-bbox",
+        os.path.join(lld, "Annotation.json"),
+        "-i",
+        os.path.join(lld, "images"),
+        "-o",
+        os.path.join(work, "pseudo_masks"),
+        "-d",
+        DATASET,
+        "-c",
+        "3d_fullres",
+        "-f",
+        "0",
+        *plans,
+        "-tr",
+        "nnUNetTrainerBBoxChannelTiny",
+        "--as-dataset",
+        "991",
+        "-device",
+        "cpu",
+    )
+    sh(env, "nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "--verify_dataset_integrity", "-np", "1")
+    print(f"done: everything is under {work}")
+
+
+def make_lld_mmri_folder(raw: str, folder: str) -> str:
+    """Box-only annotations in LLD-MMRI's layout, made from the phantom's test cases (boxes of the true tumours)."""
+    import SimpleITK as sitk
+
+    from nnunetv2_tumorsynth.bbox import lesion_boxes, write_lld_mmri
+
+    cases = {}
+    for i, case in enumerate(sorted(f[: -len(".nii.gz")] for f in os.listdir(os.path.join(raw, "labelsTs")))):
+        label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(raw, "labelsTs", f"{case}.nii.gz")))
+        series = os.path.join(folder, "images", f"patient{i}", "study0")
+        os.makedirs(series)
+        shutil.copyfile(os.path.join(raw, "imagesTs", f"{case}_0000.nii.gz"), os.path.join(series, "series0.nii.gz"))
+        boxes = [b for lesion in lesion_boxes(label == 2) for b in lesion]
+        cases[f"patient{i}"] = [{"studyUID": "study0", "seriesUID": "series0", "phase": "C+A", "boxes": boxes}]
+    write_lld_mmri(cases, os.path.join(folder, "Annotation.json"))
+    return folder
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -93,3 +94,36 @@ def test_ddpm_trainer_without_checkpoint_says_what_to_run(phantom_dataset, tmp_p
                    extra_env={"TUMORSYNTH_DDPM_CHECKPOINT": ""})
     assert result.returncode != 0
     assert "tumorsynth_pretrain_ddpm -d Dataset990_Phantom -c 3d_fullres -f 3" in result.stdout + result.stderr
+
+
+def test_ddpm_trainer_end_to_end(phantom_dataset, tmp_path):
+    """Pretrain a tiny DDPM (fold 2), train SynthTumorTiny with it, then predict without the DDPM."""
+    ds = phantom_dataset
+    run([cli("tumorsynth_pretrain_ddpm"), "-d", str(ds.dataset_id), "-c", "3d_fullres", "-f", "2", "-p", ds.plans,
+         "--preset", "tiny", "--epochs", "1", "--crop", "16", "32", "32", "-device", "cpu", "--overwrite"],
+        env=ds.env)
+    result = train(ds, "nnUNetTrainerSynthTumorTiny", tmp_path, fold="2",
+                   settings={"probability": 1.0, "dump_samples": 100, "ddpm_steps": 5})
+    folder = os.path.join(os.environ["nnUNet_results"], ds.name, f"nnUNetTrainerSynthTumorTiny__{ds.plans}__3d_fullres",
+                          "fold_2")
+    log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
+    assert "diffusion model" in log and "preset tiny" in log and "5 DDIM steps" in log
+    split = json.load(open(os.path.join(ds.preprocessed, "splits_final.json")))[2]
+    dumps = glob.glob(os.path.join(folder, "synthesis_bank", "dumps", "*.npz"))
+    assert dumps
+    for path in dumps:
+        assert os.path.basename(path).split("__")[0] in split["train"]
+        d = np.load(path)
+        assert np.array_equal(d["data_after"][:, ~d["mask"]], d["data_before"][:, ~d["mask"]])
+        assert np.all(d["seg_after"][:, d["mask"]] == 2)
+
+    ddpm = os.path.join(os.environ["nnUNet_results"], ds.name, f"tumorsynth_ddpm__{ds.plans}__3d_fullres")
+    shutil.move(ddpm, ddpm + "_moved")  # inference must not need the diffusion model
+    try:
+        out = tmp_path / "pred"
+        run([cli("nnUNetv2_predict"), "-d", str(ds.dataset_id), "-c", "3d_fullres", "-f", "2", "-p", ds.plans,
+             "-tr", "nnUNetTrainerSynthTumorTiny", "-i", os.path.join(ds.raw, "imagesTs"), "-o", str(out),
+             "-device", "cpu", "-npp", "1", "-nps", "1"], env=ds.env)
+        assert len(list(out.glob("*.nii.gz"))) == 2
+    finally:
+        shutil.move(ddpm + "_moved", ddpm)
