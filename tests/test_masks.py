@@ -22,9 +22,7 @@ DEFORMATIONS = ["simplex", "elastic", None]
 
 def touches_all_faces(mask: np.ndarray) -> bool:
     return all(
-        mask[idx].any()
-        for axis in range(3)
-        for idx in ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))
+        mask[idx].any() for axis in range(3) for idx in ((slice(None),) * axis + (0,), (slice(None),) * axis + (-1,))
     )
 
 
@@ -49,10 +47,7 @@ def test_paper_semi_axes_are_clipped_normal():
 @pytest.mark.parametrize("deformation", DEFORMATIONS)
 def test_paper_equivalent_radius_is_plausible(deformation):
     rng = np.random.default_rng(1)
-    radii = [
-        equivalent_radius_mm(random_tumour_mask(SPACING, deformation, "paper", rng), SPACING)
-        for _ in range(20)
-    ]
+    radii = [equivalent_radius_mm(random_tumour_mask(SPACING, deformation, "paper", rng), SPACING) for _ in range(20)]
     assert 13.5 <= min(radii) and max(radii) <= 40.5
     assert 22.0 < np.median(radii) < 32.0
 
@@ -150,8 +145,7 @@ def test_elastic_amplitude_is_rms_displacement():
 def test_paper_simplex_masks_are_single_components():
     rng = np.random.default_rng(8)
     n_components = [
-        ndimage.label(random_tumour_mask(SPACING, "simplex", "paper", rng), np.ones((3, 3, 3)))[1]
-        for _ in range(30)
+        ndimage.label(random_tumour_mask(SPACING, "simplex", "paper", rng), np.ones((3, 3, 3)))[1] for _ in range(30)
     ]
     assert sum(n == 1 for n in n_components) >= 29
 

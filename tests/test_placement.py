@@ -74,9 +74,7 @@ def test_none_when_tumour_larger_than_organ():
     shell = ORGAN & ~ellipsoid((28.0, 35.0, 35.0))
     assert place_tumour(shell, ball(9.0), rng=0, spacing=SPACING) is None
     # no room left between forbidden voxels
-    assert (
-        place_tumour(ORGAN, ball(9.0), ORGAN & ~ellipsoid((10.0, 10.0, 10.0)), rng=0, spacing=SPACING) is None
-    )
+    assert place_tumour(ORGAN, ball(9.0), ORGAN & ~ellipsoid((10.0, 10.0, 10.0)), rng=0, spacing=SPACING) is None
     assert place_tumour(np.zeros(SHAPE, bool), ball(3.0), rng=0, spacing=SPACING) is None
 
 
@@ -102,9 +100,7 @@ def test_partial_inside_fraction():
 
 
 def test_finds_the_only_place_that_fits():
-    organ = ellipsoid((6.0, 8.0, 8.0), centre_mm=(0, -30, -30)) | ellipsoid(
-        (20.0, 20.0, 20.0), centre_mm=(0, 20, 20)
-    )
+    organ = ellipsoid((6.0, 8.0, 8.0), centre_mm=(0, -30, -30)) | ellipsoid((20.0, 20.0, 20.0), centre_mm=(0, 20, 20))
     big_part = ellipsoid((20.0, 20.0, 20.0), centre_mm=(0, 20, 20))
     rng = np.random.default_rng(3)
     for _ in range(5):
