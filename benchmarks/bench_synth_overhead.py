@@ -94,7 +94,7 @@ def main() -> None:
     print(f"\ndevice {args.device}, plans {plans}, DDPM preset {args.preset}, {args.steps} DDIM steps, "
           f"p = {args.probability}; 5 epochs x 25 iterations, first epoch dropped")
     print(f"{'trainer':40s} {'median epoch s':>15s} {'ratio':>7s} {'synthesis s/epoch':>18s}")
-    for trainer, (median, times, synth) in rows.items():
+    for trainer, (median, _, synth) in rows.items():
         synth_txt = f"{statistics.median(synth):.2f}" if synth else "-"
         print(f"{trainer:40s} {median:15.2f} {median / base:7.2f} {synth_txt:>18s}")
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))

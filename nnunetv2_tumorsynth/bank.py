@@ -196,7 +196,8 @@ class SynthesisBank:
         if self.texture.crop_size is not None:
             filled = list(self.texture.fill(np.stack(crops), np.stack(masks), np.stack(organs), self.rng))
         else:
-            filled = [self.texture.fill(c[None], m[None], o[None], self.rng)[0] for c, m, o in zip(crops, masks, organs)]
+            filled = [self.texture.fill(c[None], m[None], o[None], self.rng)[0]
+                      for c, m, o in zip(crops, masks, organs)]
         for job, crop, mask, before in zip(jobs, filled, masks, crops):
             offset = [int(c) - b[0] for c, b in zip(job["corner"], job["box"])]
             sl = tuple(slice(o, o + s) for o, s in zip(offset, job["mask"].shape))

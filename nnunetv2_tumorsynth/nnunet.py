@@ -20,7 +20,8 @@ TUMOUR_NAMES = ("tumour", "tumor", "lesion", "cancer", "metastasis")
 
 def dataset_name(dataset: str | int) -> str:
     """``501``, ``"501"`` or ``"Dataset501_ATLAS"`` -> ``"Dataset501_ATLAS"`` (nnU-Net's own lookup)."""
-    return maybe_convert_to_dataset_name(dataset if isinstance(dataset, str) and not dataset.isdigit() else int(dataset))
+    numeric = not isinstance(dataset, str) or dataset.isdigit()
+    return maybe_convert_to_dataset_name(int(dataset) if numeric else dataset)
 
 
 def preprocessed_folder(name: str) -> str:

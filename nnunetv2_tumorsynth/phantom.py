@@ -172,7 +172,8 @@ def write_phantom_dataset(
                 with_tumours = i % settings.tumour_free_every != 1
                 image, label = make_phantom_case(rng, settings, with_tumours)
                 case = f"phantom{split.lower()}_{i:03d}"
-                sitk.WriteImage(to_sitk(image, settings.spacing), os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz"))
+                image_file = os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz")
+                sitk.WriteImage(to_sitk(image, settings.spacing), image_file)
                 sitk.WriteImage(to_sitk(label, settings.spacing), os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
         dataset_json = {
             "channel_names": {"0": "MRI"},

@@ -102,7 +102,7 @@ def test_ddpm_trainer_end_to_end(phantom_dataset, tmp_path):
     run([cli("tumorsynth_pretrain_ddpm"), "-d", str(ds.dataset_id), "-c", "3d_fullres", "-f", "2", "-p", ds.plans,
          "--preset", "tiny", "--epochs", "1", "--crop", "16", "32", "32", "-device", "cpu", "--overwrite"],
         env=ds.env)
-    result = train(ds, "nnUNetTrainerSynthTumorTiny", tmp_path, fold="2",
+    train(ds, "nnUNetTrainerSynthTumorTiny", tmp_path, fold="2",
                    settings={"probability": 1.0, "dump_samples": 100, "ddpm_steps": 5})
     folder = os.path.join(os.environ["nnUNet_results"], ds.name, f"nnUNetTrainerSynthTumorTiny__{ds.plans}__3d_fullres",
                           "fold_2")
