@@ -86,6 +86,10 @@ def test_predict_and_val_after_synthetic_training(heuristic_run, phantom_dataset
     run(train_args, env=phantom_dataset.env)
     assert sorted(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz"))) == bank_before, \
         "--val must not synthesise"
+    result = run([cli("nnUNetv2_find_best_configuration"), str(phantom_dataset.dataset_id), "-c", "3d_fullres",
+                  "-tr", "nnUNetTrainerSynthTumorHeuristicTiny", "-p", phantom_dataset.plans, "-f", "0", "-np", "1"],
+                 env=phantom_dataset.env)
+    assert "nnUNetv2_predict -d Dataset990_Phantom" in result.stdout
 
 
 def test_ddpm_trainer_without_checkpoint_says_what_to_run(phantom_dataset, tmp_path):
