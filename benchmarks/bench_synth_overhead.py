@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps during training")
     parser.add_argument("--probability", type=float, default=0.5)
     parser.add_argument("--ddpm-epochs", type=int, default=2)
+    parser.add_argument("--crop", type=int, nargs=3, default=(32, 64, 64), help="DDPM context crop, voxels z y x")
     parser.add_argument("--full-plans", action="store_true", help="nnU-Net's own plans instead of tiny plans")
     parser.add_argument("--workdir", default="/tmp/tumorsynth_bench")
     args = parser.parse_args()
@@ -80,7 +81,8 @@ def main() -> None:
         sh(env, "tumorsynth_tiny_plans", "-d", DATASET, "--features", "8", "16", "32", "--patch", "32", "64", "64")
         plans = "tumorsynthTinyPlans"
     _, t = sh(env, "tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", "-p", plans,
-              "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "-device", args.device)
+              "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "--crop", *map(str, args.crop),
+              "-device", args.device)
     print(f"pretrained {args.preset} DDPM for {args.ddpm_epochs} epochs in {t:.0f} s")
 
     rows = {}
