@@ -118,7 +118,10 @@ def main() -> None:
         dice = json.load(open(summary))["mean"]
         print(f"  {trainer}: validation Dice per label", {k: round(v["Dice"], 3) for k, v in dice.items()})
     synth_folder = os.path.join(results, "nnUNetTrainerSynthTumorTiny__tumorsynthTinyPlans__3d_fullres", "fold_0")
-    print("  synthetic tumours: previews", sorted(f for f in os.listdir(synth_folder) if f.startswith("synthetic_tumours")))
+    print(
+        "  synthetic tumours: previews",
+        sorted(f for f in os.listdir(synth_folder) if f.startswith("synthetic_tumours")),
+    )
 
     # 2. box-only annotations: box-guided nnU-Net, then pseudo-masks for an LLD-MMRI-style folder
     sh(

@@ -344,8 +344,8 @@ def read_box_annotations(path: str, images_dir: str, phases=PAPER_PHASES, catego
                 is_lld = "Annotation_info" in json.load(f)
         except (json.JSONDecodeError, TypeError):
             is_lld = False
-        if is_lld:
-            return read_lld_mmri(path, images_dir, phases, categories, file_ending)
+        if is_lld:  # LLD-MMRI ships .nii.gz images whatever the model's dataset uses
+            return read_lld_mmri(path, images_dir, phases, categories)
     return read_generic(path, images_dir, file_ending, num_channels)
 
 

@@ -57,12 +57,12 @@ SPACING_RTOL = 0.01  # spacings (mm) closer than this are "equal": pooling, rota
 def crop_size_from_mm(size_mm: Sequence[float], spacing: Sequence[float], divisor: int) -> tuple[int, int, int]:
     """Crop size in voxels covering ``size_mm`` at ``spacing`` (mm), each a multiple of ``divisor``.
 
-    ``voxels = max(1, round(size_mm / spacing / divisor)) * divisor`` per axis, so the crop covers the
-    requested extent as closely as the network's size divisor (``2 ** (levels - 1)``) allows.
+    ``voxels = max(1, round(size_mm / spacing / divisor)) * divisor`` per axis (halves round up), so the crop
+    covers the requested extent as closely as the network's size divisor (``2 ** (levels - 1)``) allows.
     """
     sizes = []
     for mm, s in zip(size_mm, spacing, strict=True):
-        sizes.append(max(1, round(float(mm) / float(s) / divisor)) * divisor)
+        sizes.append(max(1, math.floor(float(mm) / float(s) / divisor + 0.5)) * divisor)
     return tuple(int(v) for v in sizes)
 
 
@@ -212,7 +212,7 @@ class TumourComponent:
     source: int  # index into the list of sources
     case: str
     index: int  # 1-based label of the component in the case (scipy.ndimage.label, 26-connectivity)
-    centre: tuple[int, int, int]  # centre of mass, rounded to the nearest voxel
+    centre: tuple[int, int, int]  # centre of mass, rounded to the nearest voxel (halves up)
     extent: tuple[int, int, int]  # bounding-box size, voxels
     voxels: np.ndarray  # (n, 3) int64 voxel indices of the component
 
@@ -252,7 +252,7 @@ def find_components(sources: Sequence[Source]) -> list[TumourComponent]:
                         source=s_idx,
                         case=case,
                         index=i,
-                        centre=tuple(int(round(c)) for c in centres[i - 1]),
+                        centre=tuple(int(math.floor(c + 0.5)) for c in centres[i - 1]),
                         extent=tuple(int(sl.stop - sl.start) for sl in box),
                         voxels=(local + offset).astype(np.int64),
                     )

@@ -10,7 +10,8 @@
 - validation: every held-out crop at ``VAL_TIMESTEPS`` fixed timesteps with fixed noise, so the value is
   comparable across epochs (and across runs with the same seed);
 - output, in ``ddpm_output_folder`` (rank 0 only): ``checkpoint_latest.pth`` every epoch,
-  ``checkpoint_best.pth`` (lowest validation loss), ``progress.png``, ``training_log_<timestamp>.txt``;
+  ``checkpoint_best.pth`` (lowest validation loss) when it improves, ``progress.png`` (loss curves; redrawn
+  at most every ``PNG_INTERVAL_S`` and after the last epoch), ``training_log_<timestamp>.txt``; all atomic;
 - resume (``resume=True``): model, optimiser, epoch, loss history and best loss from ``checkpoint_latest.pth``.
 
 Reproducibility: every random draw of epoch e is derived from (seed, e, position in the epoch): the order of
@@ -61,6 +62,9 @@ from .schedule import NoiseSchedule, masked_noise_loss, q_sample_masked
 
 VAL_TIMESTEPS = 4  # validation timesteps per crop: the centres of 4 equal bins of [0, T)
 PARAMS_DIGEST_ENV = "TUMORSYNTH_DDPM_PARAMS_DIGEST_DIR"  # testing: each rank writes a hash of its weights here
+# progress.png is redrawn after an epoch if this many seconds passed since the last drawing, and after the last
+# epoch (drawing takes ~0.5 s on a CPU, longer than a tiny preset's epoch)
+PNG_INTERVAL_S = 30.0
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
 CHECKPOINT_BEST = "checkpoint_best.pth"
 # tags that keep the seeded streams apart: SeedSequence([seed, TAG, ...])
@@ -418,6 +422,7 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
     bar = tqdm(total=settings.epochs * iters_per_epoch, initial=start_epoch * iters_per_epoch, unit="it",
                disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
     train_seconds, iterations = 0.0, 0
+    png_written = -math.inf
     for epoch in range(start_epoch, settings.epochs):
         t_epoch = time.perf_counter()
         net.train()
@@ -475,8 +480,11 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
             if improved:
                 save_checkpoint(os.path.join(out, CHECKPOINT_BEST), model, meta, optimizer, extra)
             save_checkpoint(os.path.join(out, CHECKPOINT_LATEST), model, meta, optimizer, extra)
-            write_progress_png(os.path.join(out, "progress.png"), state["train_losses"], state["val_losses"],
-                               state["epoch_seconds"])
+            last = epoch + 1 == settings.epochs
+            if last or time.monotonic() - png_written >= PNG_INTERVAL_S:
+                write_progress_png(os.path.join(out, "progress.png"), state["train_losses"], state["val_losses"],
+                                   state["epoch_seconds"])
+                png_written = time.monotonic()
             val_text = "n/a (no held-out crops)" if val_loss is None else f"{val_loss:.4f}"
             log(f"epoch {epoch + 1}/{settings.epochs}: train loss {train_loss:.4f}, val loss {val_text}"
                 f"{' (new best)' if improved else ''}, {state['epoch_seconds'][-1]:.1f} s")
