@@ -1,0 +1,229 @@
+"""Correctness figure of ``tumorsynth_pretrain_ddpm``: does the trained model inpaint tumours better than a
+model-free fill?
+
+Data: the phantom (``tumorsynth_make_phantom``, planned and preprocessed by nnU-Net), copied to a new
+preprocessed dataset in which every tumour is darker than the organ (bright tumours are mirrored about the
+case's organ mean, inside the tumour label). Phantom tumours are darker or brighter at random; with a random
+sign no inpainting can know the sign from the context, so a consistent contrast makes the task learnable in
+minutes on a CPU.
+
+Training: the real CLI, tiny preset, on the fold's training cases.
+
+Evaluation, on held-out tumours (the components of the fold's nnU-Net validation cases, never seen in
+training, plus the components held out for the validation loss), each in a crop of the model's size centred
+on it, normalised intensities, mean squared error over the tumour voxels (per crop, then averaged):
+
+- ``inpaint``: DDIM inpainting with the trained model (one sample per crop, seeded);
+- ``context_mean``: the mask filled with the mean of the crop's known (unmasked) voxels;
+- ``shell_mean``: the mask filled with the mean of the known voxels within 2 voxels of the mask (a stronger
+  model-free fill: the surrounding tissue);
+- ``noise``: the mask filled with Gaussian noise of the known voxels' mean and standard deviation.
+
+Voxels outside the mask must come back unchanged (checked: max |difference| reported, must be 0).
+
+Usage (creates its own nnU-Net folders under --workdir unless they are set and hold a preprocessed phantom)::
+
+    python benchmarks/bench_ddpm_quality.py [--workdir /tmp/bench_ddpm_quality] [--epochs 150] [--lr 1e-3]
+        [--steps 50] [--threads 1] [--source 990]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from scipy import ndimage
+
+BRIGHT_ID = 972
+TINY_PLANS = "tumorsynthTinyPlans"
+
+
+# ----------------------------------------------------------------------------------------------- toy data
+
+
+def derive_dataset(source: str, new_id: int, new_name: str, transform, configuration: str = "3d_fullres") -> str:
+    """Copy a preprocessed dataset to ``Dataset<new_id>_<new_name>`` with ``transform(data, seg) -> (data, seg)``
+    applied to every case (written in nnU-Net's numpy format). Plans, dataset.json and the split are copied,
+    so the new dataset has the same folds. Returns the new name."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetNumpy
+
+    from nnunetv2_tumorsynth.nnunet import configuration_data_folder, load_plans
+
+    name = f"Dataset{new_id:03d}_{new_name}"
+    src_dir = os.path.join(nnUNet_preprocessed, source)
+    dst_dir = os.path.join(nnUNet_preprocessed, name)
+    for old in os.listdir(nnUNet_preprocessed):  # an earlier copy, under any name with this id
+        if old.startswith(f"Dataset{new_id:03d}_"):
+            shutil.rmtree(os.path.join(nnUNet_preprocessed, old))
+    os.makedirs(dst_dir)
+    for f in os.listdir(src_dir):
+        if f.endswith(".json"):
+            content = json.load(open(os.path.join(src_dir, f)))
+            if isinstance(content, dict) and "dataset_name" in content:
+                content["dataset_name"] = name
+            with open(os.path.join(dst_dir, f), "w") as out:
+                json.dump(content, out, indent=2)
+    folder = configuration_data_folder(source, load_plans(source), configuration)
+    new_folder = os.path.join(dst_dir, os.path.basename(folder))
+    os.makedirs(new_folder)
+    reader = infer_dataset_class(folder)(folder)
+    for case in reader.identifiers:
+        data, seg, _, properties = reader.load_case(case)
+        data, seg = transform(np.array(data), np.array(seg))
+        nnUNetDatasetNumpy.save_case(data, seg, properties, os.path.join(new_folder, case))
+    return name
+
+
+def bright_tumours(data: np.ndarray, seg: np.ndarray, organ: int = 1, tumour: int = 2, gain: float = 2.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Make every tumour brighter than the organ, with ``gain`` times its original contrast (channel 0).
+
+    Inside the tumour label: ``organ_mean + gain * |value - organ_mean|`` (the phantom's tumour texture is
+    kept, its sign made consistent and its contrast amplified).
+    """
+    image = data[0]
+    organ_mean = float(image[seg[0] == organ].mean())
+    voxels = seg[0] == tumour
+    image[voxels] = organ_mean + gain * np.abs(image[voxels] - organ_mean)
+    return data, seg
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def held_out_crops(checkpoint: str, dataset: str, plans: str, configuration: str, fold: int):
+    """(images (B, 1, z, y, x) float32, masks (B, 1, z, y, x) bool, keys) of the tumours the model never
+    trained on: the fold's validation cases and the components held out for the validation loss."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from nnunetv2_tumorsynth.ddpm import read_checkpoint
+    from nnunetv2_tumorsynth.ddpm.data import TumourCrops, find_components, open_source
+
+    meta = read_checkpoint(checkpoint)["metadata"]
+    crop = [int(c) for c in meta["crop_size_vox"]]
+    src = open_source(dataset, plans, configuration, fold)
+    record = next(d for d in meta["datasets"] if d["name"] == src.name)
+    assert not set(record["training_cases"]) & set(src.validation_cases)
+    val_src = dataclasses.replace(
+        src, training_cases=src.validation_cases,
+        reader=infer_dataset_class(src.data_folder)(src.data_folder, list(src.validation_cases)))
+    components = [c for c in find_components([src]) if c.key in record["val_components"]]
+    try:
+        unseen = find_components([val_src])
+    except ValueError:  # no tumour in the validation cases
+        unseen = []
+    images, masks, keys = [], [], []
+    for source, comps in ((src, components), (val_src, unseen)):
+        crops = TumourCrops([source], comps, crop, augment=False)
+        for i, c in enumerate(comps):
+            image, mask = crops.get(i)
+            images.append(image[None])
+            masks.append(mask[None])
+            keys.append(c.key)
+    return np.stack(images), np.stack(masks), keys
+
+
+def fill_errors(checkpoint: str, images: np.ndarray, masks: np.ndarray, steps: int = 50, seed: int = 0) -> dict:
+    """Masked MSE of inpainting and of the model-free fills (see the module docstring), and the largest
+    change outside the masks."""
+    from nnunetv2_tumorsynth.ddpm import inpaint, load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    inpainted = inpaint(model, images, masks, steps=steps, sampler="ddim", seed=seed, batch_size=4, device="cpu")
+    rng = np.random.default_rng(seed)
+    errors = {"inpaint": [], "context_mean": [], "shell_mean": [], "noise": []}
+    outside_change = 0.0
+    for b in range(images.shape[0]):
+        image, mask = images[b, 0], masks[b, 0]
+        truth = image[mask]
+        known = image[~mask]
+        shell = ndimage.binary_dilation(mask, iterations=2) & ~mask
+        errors["inpaint"].append(float(np.mean((inpainted[b, 0][mask] - truth) ** 2)))
+        errors["context_mean"].append(float(np.mean((known.mean() - truth) ** 2)))
+        errors["shell_mean"].append(float(np.mean((image[shell].mean() - truth) ** 2)))
+        noise = rng.normal(known.mean(), known.std(), truth.shape)
+        errors["noise"].append(float(np.mean((noise - truth) ** 2)))
+        outside_change = max(outside_change, float(np.abs(inpainted[b, 0][~mask] - image[~mask]).max()))
+    result = {k: float(np.mean(v)) for k, v in errors.items()}
+    result["per_crop"] = errors
+    result["max_abs_change_outside_mask"] = outside_change
+    result["num_crops"] = int(images.shape[0])
+    return result
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def _run(cmd: list[str], env: dict) -> str:
+    print("$", " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{cmd[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="/tmp/bench_ddpm_quality")
+    parser.add_argument("--source", type=int, default=990, help="phantom dataset id (made if missing)")
+    parser.add_argument("--cases", type=int, default=16, help="phantom training cases when it is made")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--crop", type=int, nargs=3, default=(16, 32, 32))
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps for inpainting")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (OMP_NUM_THREADS)")
+    parser.add_argument("--fold", type=int, default=0)
+    args = parser.parse_args()
+
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ.setdefault(var, os.path.join(args.workdir, var))
+        os.makedirs(os.environ[var], exist_ok=True)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("nnUNet_def_n_proc", "2")
+    env = os.environ.copy()
+    bindir = os.path.dirname(sys.executable)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    source = f"Dataset{args.source:03d}_Phantom"
+    if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], source, f"{TINY_PLANS}.json")):
+        _run([f"{bindir}/tumorsynth_make_phantom", "-d", str(args.source), "-n", str(args.cases)], env)
+        _run([f"{bindir}/nnUNetv2_plan_and_preprocess", "-d", str(args.source), "-c", "3d_fullres", "-np", "2"], env)
+        _run([f"{bindir}/tumorsynth_tiny_plans", "-d", str(args.source)], env)
+    for old in os.listdir(os.environ["nnUNet_results"]):  # results of an earlier run of this benchmark
+        if old.startswith(f"Dataset{BRIGHT_ID:03d}_"):
+            shutil.rmtree(os.path.join(os.environ["nnUNet_results"], old))
+    bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", bright_tumours)
+    cmd = [f"{bindir}/tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
+           "-p", TINY_PLANS, "--preset", "tiny", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--crop", *map(str, args.crop), "--lr", str(args.lr), "-device", "cpu", "--overwrite"]
+    t0 = time.time()
+    out = _run(cmd, env)
+    train_seconds = time.time() - t0
+    speed = [line for line in out.splitlines() if line.startswith("speed:")]
+    folder = [line.split("output: ", 1)[1] for line in out.splitlines() if line.startswith("output: ")][0]
+    checkpoint = os.path.join(folder, "checkpoint_latest.pth")
+    images, masks, keys = held_out_crops(checkpoint, bright, TINY_PLANS, "3d_fullres", args.fold)
+    t1 = time.time()
+    result = fill_errors(checkpoint, images, masks, steps=args.steps)
+    print(f"training: {train_seconds:.0f} s wall ({speed[0] if speed else 'n/a'}), threads {args.threads}")
+    print(f"held-out tumour crops: {len(keys)} {keys}; inpainting {time.time() - t1:.0f} s ({args.steps} DDIM steps)")
+    print("masked MSE (normalised intensity units), mean over crops:")
+    for k in ("inpaint", "context_mean", "shell_mean", "noise"):
+        print(f"  {k:13s} {result[k]:.4f}   per crop {[round(v, 3) for v in result['per_crop'][k]]}")
+    print(f"max |change| outside the masks: {result['max_abs_change_outside_mask']}")
+    print("command: python benchmarks/bench_ddpm_quality.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
