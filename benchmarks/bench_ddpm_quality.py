@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 from scipy import ndimage
@@ -49,7 +50,7 @@ TINY_PLANS = "tumorsynthTinyPlans"
 
 
 def derive_dataset(source: str, new_id: int, new_name: str, transform, configuration: str = "3d_fullres") -> str:
-    """Copy a preprocessed dataset to ``Dataset<new_id>_<new_name>`` with ``transform(data, seg) -> (data, seg)``
+    """Copy a preprocessed dataset to ``Dataset<new_id>_<new_name>`` with ``transform(data, seg, case) -> (data, seg)``
     applied to every case (written in nnU-Net's numpy format). Plans, dataset.json and the split are copied,
     so the new dataset has the same folds. Returns the new name."""
     from nnunetv2.paths import nnUNet_preprocessed
@@ -77,22 +78,39 @@ def derive_dataset(source: str, new_id: int, new_name: str, transform, configura
     reader = infer_dataset_class(folder)(folder)
     for case in reader.identifiers:
         data, seg, _, properties = reader.load_case(case)
-        data, seg = transform(np.array(data), np.array(seg))
+        data, seg = transform(np.array(data), np.array(seg), case)
         nnUNetDatasetNumpy.save_case(data, seg, properties, os.path.join(new_folder, case))
     return name
 
 
-def bright_tumours(data: np.ndarray, seg: np.ndarray, organ: int = 1, tumour: int = 2, gain: float = 2.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Make every tumour brighter than the organ, with ``gain`` times its original contrast (channel 0).
+def easy_tumours(data: np.ndarray, seg: np.ndarray, case: str, spacing=(3.0, 1.5, 1.5), extra: int = 4,
+                 contrast: float = 2.0, organ: int = 1, tumour: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Consistently bright tumours, and more of them (channel 0, normalised intensities).
 
-    Inside the tumour label: ``organ_mean + gain * |value - organ_mean|`` (the phantom's tumour texture is
-    kept, its sign made consistent and its contrast amplified).
+    Every phantom tumour gets the mean ``organ_mean + contrast`` (half of its own texture kept), and up to
+    ``extra`` more ball-shaped tumours (radius 3-8 mm, same brightness, a little texture) are put inside the
+    organ away from other tumours, so a fold has a few dozen training tumours of varied size. Seeded by the
+    case name. ``spacing`` in mm, (z, y, x).
     """
-    image = data[0]
-    organ_mean = float(image[seg[0] == organ].mean())
-    voxels = seg[0] == tumour
-    image[voxels] = organ_mean + gain * np.abs(image[voxels] - organ_mean)
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    image, label = data[0], seg[0]
+    organ_mean = float(image[label == organ].mean())
+    existing = label == tumour
+    if existing.any():
+        image[existing] = organ_mean + contrast + 0.5 * (image[existing] - image[existing].mean())
+    grid = np.indices(label.shape).astype(np.float32)
+    for _ in range(extra):
+        radius = rng.uniform(3.0, 8.0)
+        free = (label == organ) & ~ndimage.binary_dilation(label == tumour, iterations=2)
+        room = ndimage.distance_transform_edt(free, sampling=spacing)
+        candidates = np.argwhere(room > radius + 1.5)
+        if len(candidates) == 0:
+            break
+        centre = candidates[rng.integers(len(candidates))]
+        dist2 = sum(((grid[a] - centre[a]) * spacing[a]) ** 2 for a in range(3))
+        ball = dist2 <= radius**2
+        image[ball] = organ_mean + contrast + 0.15 * rng.standard_normal(int(ball.sum()))
+        label[ball] = tumour
     return data, seg
 
 
@@ -203,7 +221,7 @@ def main() -> None:
     for old in os.listdir(os.environ["nnUNet_results"]):  # results of an earlier run of this benchmark
         if old.startswith(f"Dataset{BRIGHT_ID:03d}_"):
             shutil.rmtree(os.path.join(os.environ["nnUNet_results"], old))
-    bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", bright_tumours)
+    bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", easy_tumours)
     cmd = [f"{bindir}/tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
            "-p", TINY_PLANS, "--preset", "tiny", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
            "--crop", *map(str, args.crop), "--lr", str(args.lr), "-device", "cpu", "--overwrite"]

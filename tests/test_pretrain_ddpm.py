@@ -238,7 +238,8 @@ def test_existing_checkpoint_is_refused_and_resume_continues_exactly(trained, ph
     log = open(sorted(glob.glob(os.path.join(resumed, "training_log_*.txt")))[-1]).read()
     assert "resuming after epoch 2" in log and "epoch 3/3" in log and "epoch 2/3" not in log, result.stdout
     straight_root = os.path.join(_ROOT, "results_straight")
-    run(_train_cmd(phantom_dataset, None, "--epochs", "3", "--batch-size", "2"), env=_env(phantom_dataset, straight_root))
+    run(_train_cmd(phantom_dataset, None, "--epochs", "3", "--batch-size", "2"),
+        env=_env(phantom_dataset, straight_root))
     a = read_checkpoint(os.path.join(resumed, "checkpoint_latest.pth"))
     b = read_checkpoint(os.path.join(_folder(straight_root, phantom_dataset.name, phantom_dataset.plans),
                                      "checkpoint_latest.pth"))
@@ -276,7 +277,7 @@ def test_clear_errors(phantom_dataset):
 
 
 def test_fold_without_tumours_is_an_error(phantom_dataset):
-    def no_tumours(data, seg):
+    def no_tumours(data, seg, case):
         seg[seg == 2] = 1
         return data, seg
 
