@@ -4,8 +4,8 @@ On phantom data (private nnU-Net folders under --workdir, tiny plans, CPU by def
 
 1. ``tumorsynth_make_phantom`` (training + held-out test cases), ``nnUNetv2_plan_and_preprocess``,
    ``tumorsynth_tiny_plans``;
-2. ``nnUNetv2_train`` with ``nnUNetTrainerBBoxChannel_5epochs`` and with nnU-Net's own
-   ``nnUNetTrainer_5epochs`` (same schedule, no boxes);
+2. ``nnUNetv2_train`` with ``nnUNetTrainerBBoxChannel_<N>epochs`` and with nnU-Net's own
+   ``nnUNetTrainer_<N>epochs`` (same schedule, no boxes; N = 5 or 10, 250 iterations per epoch);
 3. boxes of the test cases' true tumours (one 3D box per tumour, LLD-MMRI layout and Annotation.json);
 4. ``tumorsynth_pseudolabel`` with the box model; ``nnUNetv2_predict`` with the plain model, also scored
    after removing its tumour outside the same boxes (+ margin), so the box *channel* is compared with
@@ -15,7 +15,7 @@ On phantom data (private nnU-Net folders under --workdir, tiny plans, CPU by def
 Run::
 
     python benchmarks/bench_pseudolabel.py [--workdir /tmp/bench_pseudolabel] [--train 16] [--test 8] \\
-        [--features 8 16 32] [-device cpu]
+        [--features 8 16 32] [--epochs 5] [-device cpu]
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from nnunetv2_tumorsynth.bbox import lesion_boxes, margin_in_voxels, rasterise, 
 
 BIN = os.path.dirname(sys.executable)
 DATASET_ID = 980
-BOX_TRAINER = "nnUNetTrainerBBoxChannel_5epochs"
-PLAIN_TRAINER = "nnUNetTrainer_5epochs"
 
 
 def sh(cmd: list[str], env: dict) -> float:
@@ -60,6 +58,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=16, help="phantom training cases")
     parser.add_argument("--test", type=int, default=8, help="held-out phantom cases to pseudo-label")
     parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32), help="tiny plans features per stage")
+    parser.add_argument("--epochs", type=int, default=5, choices=(5, 10), help="training length of both models")
     parser.add_argument("--margin-mm", type=float, default=5.0)
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args()
@@ -73,6 +72,7 @@ def main() -> None:
                nnUNet_compile="false")
     env["nnUNet_extTrainer"] = subprocess.run([os.path.join(BIN, "tumorsynth_env"), "--trainers-path"],
                                               capture_output=True, text=True, check=True).stdout.strip()
+    box_trainer, plain_trainer = f"nnUNetTrainerBBoxChannel_{args.epochs}epochs", f"nnUNetTrainer_{args.epochs}epochs"
     name = f"Dataset{DATASET_ID}_Phantom"
     raw = os.path.join(env["nnUNet_raw"], name)
     timings = {}
@@ -82,7 +82,7 @@ def main() -> None:
             "--seed", "1"], env)
         sh(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"], env)
         sh(["tumorsynth_tiny_plans", "-d", str(DATASET_ID), "--features", *map(str, args.features)], env)
-    for trainer in (BOX_TRAINER, PLAIN_TRAINER):
+    for trainer in (box_trainer, plain_trainer):
         final = os.path.join(env["nnUNet_results"], name, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0",
                              "checkpoint_final.pth")
         if not os.path.isfile(final):
@@ -105,38 +105,47 @@ def main() -> None:
         truth[case] = (label, boxes)
     write_lld_mmri(cases, os.path.join(lld, "Annotation.json"))
 
-    box_out, plain_out = os.path.join(work, "pseudo_box"), os.path.join(work, "pred_plain")
-    shutil.rmtree(box_out, ignore_errors=True)
-    shutil.rmtree(plain_out, ignore_errors=True)
-    timings["tumorsynth_pseudolabel wall (s)"] = sh(
-        ["tumorsynth_pseudolabel", "-bbox", os.path.join(lld, "Annotation.json"), "-i", os.path.join(lld, "images"),
-         "-o", box_out, "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", BOX_TRAINER, "-p",
-         "tumorsynthTinyPlans", "-device", args.device, "--margin-mm", str(args.margin_mm)], env)
+    # the same series without any box: how much does the box model's organ depend on boxes?
+    write_lld_mmri({c: [dict(e[0], boxes=[])] for c, e in cases.items()}, os.path.join(lld, "NoBoxes.json"))
+
+    box_out = os.path.join(work, f"pseudo_box_{args.epochs}")
+    nobox_out = os.path.join(work, f"pseudo_nobox_{args.epochs}")
+    plain_out = os.path.join(work, f"pred_plain_{args.epochs}")
+    for folder in (box_out, nobox_out, plain_out):
+        shutil.rmtree(folder, ignore_errors=True)
+    for annotation, folder, key in (("Annotation.json", box_out, "tumorsynth_pseudolabel wall (s)"),
+                                    ("NoBoxes.json", nobox_out, "tumorsynth_pseudolabel, no boxes, wall (s)")):
+        timings[key] = sh(
+            ["tumorsynth_pseudolabel", "-bbox", os.path.join(lld, annotation), "-i", os.path.join(lld, "images"),
+             "-o", folder, "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", box_trainer, "-p",
+             "tumorsynthTinyPlans", "-device", args.device, "--margin-mm", str(args.margin_mm)], env)
     summary = json.load(open(os.path.join(box_out, "pseudolabel_summary.json")))
     per_case = [c["seconds"] for c in summary["cases"]]
     timings["tumorsynth_pseudolabel per case (s)"] = float(np.mean(per_case))
     timings["nnUNetv2_predict wall (s)"] = sh(
-        ["nnUNetv2_predict", "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", PLAIN_TRAINER, "-p",
+        ["nnUNetv2_predict", "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", plain_trainer, "-p",
          "tumorsynthTinyPlans", "-i", os.path.join(raw, "imagesTs"), "-o", plain_out, "-device", args.device,
          "-npp", "1", "-nps", "1"], env)
 
-    rows = {"BBoxChannel (boxes as input)": [], "plain nnU-Net": [], "plain nnU-Net + box filter": []}
+    rows = {"BBoxChannel (boxes as input)": [], "BBoxChannel, no boxes given": [], "plain nnU-Net": [],
+            "plain nnU-Net + box filter": []}
     organ_rows = {k: [] for k in rows}
     for case, (label, boxes) in truth.items():
         box_pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(box_out, f"{case}_CA.nii.gz")))
+        nobox_pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(nobox_out, f"{case}_CA.nii.gz")))
         plain = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(plain_out, f"{case}.nii.gz")))
         spacing = sitk.ReadImage(os.path.join(raw, "labelsTs", f"{case}.nii.gz")).GetSpacing()[::-1]
         allowed = rasterise([b.expanded(margin_in_voxels(args.margin_mm, spacing)) for b in boxes], label.shape)
         filtered, _ = restrict_tumour_to_boxes(plain, allowed, 1, 2)
-        for key, pred in zip(rows, (box_pred, plain, filtered)):
+        for key, pred in zip(rows, (box_pred, nobox_pred, plain, filtered)):
             if (label == 2).any():
                 rows[key].append(dice(label == 2, pred == 2))
             organ_rows[key].append(dice(label >= 1, pred >= 1))
 
     n_tumour_cases = sum((label == 2).any() for label, _ in truth.values())
     print(f"\nPseudo-mask quality on {len(truth)} held-out phantom cases ({n_tumour_cases} with tumours); "
-          f"{args.train} training cases, tiny plans {args.features}, 5 epochs x 250 iterations, fold 0, device "
-          f"{args.device}")
+          f"{args.train} training cases, tiny plans {args.features}, {args.epochs} epochs x 250 iterations, fold 0, "
+          f"device {args.device}")
     print(f"{'model':32s} {'tumour Dice':>12s} {'organ+tumour Dice':>18s}")
     for key in rows:
         print(f"{key:32s} {np.nanmean(rows[key]):12.3f} {np.nanmean(organ_rows[key]):18.3f}")

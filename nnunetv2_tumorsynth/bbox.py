@@ -169,7 +169,7 @@ def phase_tag(phase: str) -> str:
 
 
 def _safe_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "", text) or "case"
+    return re.sub(r"[^A-Za-z0-9_-]", "", text) or "case"
 
 
 def read_lld_mmri(

@@ -92,6 +92,15 @@ class nnUNetTrainerBBoxChannel_5epochs(nnUNetTrainerBBoxChannel):
         self.num_epochs = 5
 
 
+class nnUNetTrainerBBoxChannel_10epochs(nnUNetTrainerBBoxChannel):
+    """10 epochs (like nnU-Net's nnUNetTrainer_10epochs)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10
+
+
 class nnUNetTrainerBBoxChannelTiny(nnUNetTrainerBBoxChannel):
     """2 epochs of 3 iterations: CPU tests and the demo (with tumorsynth_tiny_plans)."""
 
