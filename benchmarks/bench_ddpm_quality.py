@@ -149,13 +149,14 @@ def held_out_crops(checkpoint: str, dataset: str, plans: str, configuration: str
     return np.stack(images), np.stack(masks), keys
 
 
-def fill_errors(checkpoint: str, images: np.ndarray, masks: np.ndarray, steps: int = 50, seed: int = 0) -> dict:
+def fill_errors(checkpoint: str, images: np.ndarray, masks: np.ndarray, steps: int = 50, seed: int = 0,
+                sampler: str = "ddim") -> dict:
     """Masked MSE of inpainting and of the model-free fills (see the module docstring), and the largest
     change outside the masks."""
     from nnunetv2_tumorsynth.ddpm import inpaint, load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
-    inpainted = inpaint(model, images, masks, steps=steps, sampler="ddim", seed=seed, batch_size=4, device="cpu")
+    inpainted = inpaint(model, images, masks, steps=steps, sampler=sampler, seed=seed, batch_size=8, device="cpu")
     rng = np.random.default_rng(seed)
     errors = {"inpaint": [], "context_mean": [], "shell_mean": [], "noise": []}
     outside_change = 0.0
@@ -197,7 +198,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop", type=int, nargs=3, default=(16, 32, 32))
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps for inpainting")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps for inpainting")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    parser.add_argument("--checkpoint", default=None, help="evaluate this checkpoint of the toy dataset, no training")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (OMP_NUM_THREADS)")
     parser.add_argument("--fold", type=int, default=0)
     args = parser.parse_args()
@@ -218,24 +221,29 @@ def main() -> None:
         _run([f"{bindir}/tumorsynth_make_phantom", "-d", str(args.source), "-n", str(args.cases)], env)
         _run([f"{bindir}/nnUNetv2_plan_and_preprocess", "-d", str(args.source), "-c", "3d_fullres", "-np", "2"], env)
         _run([f"{bindir}/tumorsynth_tiny_plans", "-d", str(args.source)], env)
-    for old in os.listdir(os.environ["nnUNet_results"]):  # results of an earlier run of this benchmark
-        if old.startswith(f"Dataset{BRIGHT_ID:03d}_"):
-            shutil.rmtree(os.path.join(os.environ["nnUNet_results"], old))
-    bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", easy_tumours)
-    cmd = [f"{bindir}/tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
-           "-p", TINY_PLANS, "--preset", "tiny", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--crop", *map(str, args.crop), "--lr", str(args.lr), "-device", "cpu", "--overwrite"]
-    t0 = time.time()
-    out = _run(cmd, env)
-    train_seconds = time.time() - t0
-    speed = [line for line in out.splitlines() if line.startswith("speed:")]
-    folder = [line.split("output: ", 1)[1] for line in out.splitlines() if line.startswith("output: ")][0]
-    checkpoint = os.path.join(folder, "checkpoint_latest.pth")
+    bright = f"Dataset{BRIGHT_ID:03d}_PhantomBright"
+    train_seconds, speed, checkpoint = 0.0, [], args.checkpoint
+    if checkpoint is None:
+        for old in os.listdir(os.environ["nnUNet_results"]):  # results of an earlier run of this benchmark
+            if old.startswith(f"Dataset{BRIGHT_ID:03d}_"):
+                shutil.rmtree(os.path.join(os.environ["nnUNet_results"], old))
+        bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", easy_tumours)
+        cmd = [f"{bindir}/tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
+               "-p", TINY_PLANS, "--preset", "tiny", "--epochs", str(args.epochs), "--batch-size",
+               str(args.batch_size), "--crop", *map(str, args.crop), "--lr", str(args.lr), "-device", "cpu",
+               "--overwrite"]
+        t0 = time.time()
+        out = _run(cmd, env)
+        train_seconds = time.time() - t0
+        speed = [line for line in out.splitlines() if line.startswith("speed:")]
+        folder = [line.split("output: ", 1)[1] for line in out.splitlines() if line.startswith("output: ")][0]
+        checkpoint = os.path.join(folder, "checkpoint_latest.pth")
     images, masks, keys = held_out_crops(checkpoint, bright, TINY_PLANS, "3d_fullres", args.fold)
     t1 = time.time()
-    result = fill_errors(checkpoint, images, masks, steps=args.steps)
+    result = fill_errors(checkpoint, images, masks, steps=args.steps, sampler=args.sampler)
     print(f"training: {train_seconds:.0f} s wall ({speed[0] if speed else 'n/a'}), threads {args.threads}")
-    print(f"held-out tumour crops: {len(keys)} {keys}; inpainting {time.time() - t1:.0f} s ({args.steps} DDIM steps)")
+    print(f"held-out tumour crops: {len(keys)} {keys}")
+    print(f"inpainting: {time.time() - t1:.0f} s ({args.sampler}, {args.steps} steps)")
     print("masked MSE (normalised intensity units), mean over crops:")
     for k in ("inpaint", "context_mean", "shell_mean", "noise"):
         print(f"  {k:13s} {result[k]:.4f}   per crop {[round(v, 3) for v in result['per_crop'][k]]}")

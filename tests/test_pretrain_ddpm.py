@@ -308,3 +308,32 @@ def test_two_gloo_processes_end_with_identical_weights(trained, phantom_dataset,
     for key, value in ddp["state_dict"].items():
         # Adam normalises tiny gradients to steps of ~lr: float summation order can move a weight by 2 lr
         torch.testing.assert_close(value, single["state_dict"][key], rtol=0, atol=1e-3, msg=key)
+
+
+QUALITY_XFAIL = (
+    "brief CPU training of the tiny preset does not yet give a usable sampler: after 600 iterations (8 min) its noise "
+    "error at t = T-1 is still ~0.1, which DDIM/DDPM amplify by 1/sqrt(abar) ~ 50 without x0 clipping, so samples "
+    "blow up (masked MSE ~100 vs ~4 for the context-mean fill; see benchmarks/bench_ddpm_quality.py)"
+)
+
+
+@pytest.mark.xfail(reason=QUALITY_XFAIL, strict=False)
+def test_trained_model_inpaints_held_out_tumours_better_than_model_free_fills(phantom_dataset):
+    """Tiny preset, trained briefly on easy toy tumours (consistently bright), inpaints held-out tumours with a
+    lower masked MSE than filling the mask with the known context's mean; outside the mask nothing changes."""
+    bench = _bench()
+    name = bench.derive_dataset(phantom_dataset.name, BRIGHT_ID, "PhantomBright", bench.easy_tumours)
+    root = os.path.join(_ROOT, "results_quality")
+    run(_train_cmd(phantom_dataset, BRIGHT_ID, "--epochs", "40", "--batch-size", "8", "--lr", "2e-3"),
+        env=_env(phantom_dataset, root))
+    checkpoint = os.path.join(_folder(root, name, phantom_dataset.plans), "checkpoint_latest.pth")
+    images, masks, keys = bench.held_out_crops(checkpoint, name, phantom_dataset.plans, "3d_fullres", 0)
+    assert len(keys) >= 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        errors = bench.fill_errors(checkpoint, images, masks, steps=50, sampler="ddim")
+    finally:
+        torch.set_num_threads(threads)
+    assert errors["max_abs_change_outside_mask"] == 0.0
+    assert errors["inpaint"] < 0.5 * errors["context_mean"], errors
