@@ -334,6 +334,9 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
                 f"--c: there is no {CHECKPOINT_LATEST} in {out} to continue from; start without --c"
             )
         payload = read_checkpoint(latest_path, map_location="cpu")
+        if settings.preset is not None and settings.preset != payload["metadata"]["preset"]:  # before building it
+            raise ValueError(f"Cannot resume from {latest_path}: preset {payload['metadata']['preset']!r} in the "
+                             f"checkpoint, {settings.preset!r} now (leave out --preset with --c)")
     elif (os.path.exists(latest_path) or os.path.exists(best_path)) and not settings.overwrite:
         raise FileExistsError(
             f"{out} already holds a diffusion model checkpoint. Continue its training with --c, "
