@@ -57,14 +57,17 @@ def main() -> None:
     parser.add_argument("--crop", type=int, nargs=3, default=(32, 64, 64), help="DDPM context crop, voxels z y x")
     parser.add_argument("--full-plans", action="store_true", help="nnU-Net's own plans instead of tiny plans")
     parser.add_argument("--workdir", default="/tmp/tumorsynth_bench")
+    parser.add_argument("--reuse-workdir", action="store_true",
+                        help="keep the dataset, plans and DDPM of an earlier run in --workdir; retrain only the trainers")
     args = parser.parse_args()
 
-    if os.path.exists(args.workdir):
+    reuse = args.reuse_workdir and os.path.isdir(args.workdir)
+    if os.path.exists(args.workdir) and not reuse:
         shutil.rmtree(args.workdir)
     env = os.environ.copy()
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[var] = os.path.join(args.workdir, var)
-        os.makedirs(env[var])
+        os.makedirs(env[var], exist_ok=True)
     env.setdefault("nnUNet_n_proc_DA", "2")
     env.update(nnUNet_def_n_proc="1")
     env["nnUNet_extTrainer"] = sh(env, "tumorsynth_env", "--trainers-path")[0].strip()
@@ -74,16 +77,16 @@ def main() -> None:
                    "preview_every": 0}, f)
     env["TUMORSYNTH_SETTINGS"] = settings
 
-    sh(env, "tumorsynth_make_phantom", "-d", DATASET, "-n", "10")
-    sh(env, "nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "2")
-    plans = "nnUNetPlans"
-    if not args.full_plans:
-        sh(env, "tumorsynth_tiny_plans", "-d", DATASET, "--features", "8", "16", "32", "--patch", "32", "64", "64")
-        plans = "tumorsynthTinyPlans"
-    _, t = sh(env, "tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", "-p", plans,
-              "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "--crop", *map(str, args.crop),
-              "-device", args.device)
-    print(f"pretrained {args.preset} DDPM for {args.ddpm_epochs} epochs in {t:.0f} s")
+    plans = "nnUNetPlans" if args.full_plans else "tumorsynthTinyPlans"
+    if not reuse:
+        sh(env, "tumorsynth_make_phantom", "-d", DATASET, "-n", "10")
+        sh(env, "nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "2")
+        if not args.full_plans:
+            sh(env, "tumorsynth_tiny_plans", "-d", DATASET, "--features", "8", "16", "32", "--patch", "32", "64", "64")
+        _, t = sh(env, "tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", "-p", plans,
+                  "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "--crop", *map(str, args.crop),
+                  "-device", args.device)
+        print(f"pretrained {args.preset} DDPM for {args.ddpm_epochs} epochs in {t:.0f} s")
 
     rows = {}
     for trainer in ("nnUNetTrainerShort", "nnUNetTrainerSynthTumorShort", "nnUNetTrainerSynthTumorHeuristicShort"):
