@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--full-plans", action="store_true", help="nnU-Net's own plans instead of tiny plans")
     parser.add_argument("--workdir", default="/tmp/tumorsynth_bench")
     parser.add_argument("--reuse-workdir", action="store_true",
-                        help="keep the dataset, plans and DDPM of an earlier run in --workdir; retrain only the trainers")
+                        help="keep dataset, plans and DDPM of an earlier run in --workdir; retrain only the trainers")
     args = parser.parse_args()
 
     reuse = args.reuse_workdir and os.path.isdir(args.workdir)
