@@ -324,7 +324,7 @@ def test_trained_model_inpaints_held_out_tumours_better_than_model_free_fills(ph
     bench = _bench()
     name = bench.derive_dataset(phantom_dataset.name, BRIGHT_ID, "PhantomBright", bench.easy_tumours)
     root = os.path.join(_ROOT, "results_quality")
-    run(_train_cmd(phantom_dataset, BRIGHT_ID, "--epochs", "40", "--batch-size", "8", "--lr", "2e-3"),
+    run(_train_cmd(phantom_dataset, BRIGHT_ID, "--epochs", "25", "--batch-size", "8", "--lr", "2e-3"),
         env=_env(phantom_dataset, root))
     checkpoint = os.path.join(_folder(root, name, phantom_dataset.plans), "checkpoint_latest.pth")
     images, masks, keys = bench.held_out_crops(checkpoint, name, phantom_dataset.plans, "3d_fullres", 0)
