@@ -2,10 +2,9 @@
 model-free fill?
 
 Data: the phantom (``tumorsynth_make_phantom``, planned and preprocessed by nnU-Net), copied to a new
-preprocessed dataset in which every tumour is darker than the organ (bright tumours are mirrored about the
-case's organ mean, inside the tumour label). Phantom tumours are darker or brighter at random; with a random
-sign no inpainting can know the sign from the context, so a consistent contrast makes the task learnable in
-minutes on a CPU.
+preprocessed dataset (``easy_tumours``) in which every tumour is brighter than the organ by the same amount,
+with a few more ball-shaped tumours per case. Phantom tumours are darker or brighter at random; with a random
+sign no inpainting can know the sign from the context, so a consistent contrast makes the task learnable.
 
 Training: the real CLI, tiny preset, on the fold's training cases.
 
@@ -13,7 +12,8 @@ Evaluation, on held-out tumours (the components of the fold's nnU-Net validation
 training, plus the components held out for the validation loss), each in a crop of the model's size centred
 on it, normalised intensities, mean squared error over the tumour voxels (per crop, then averaged):
 
-- ``inpaint``: DDIM inpainting with the trained model (one sample per crop, seeded);
+- ``inpaint``: inpainting with the trained model (``inpaint``, DDIM 50 steps by default; one seeded sample
+  per crop);
 - ``context_mean``: the mask filled with the mean of the crop's known (unmasked) voxels;
 - ``shell_mean``: the mask filled with the mean of the known voxels within 2 voxels of the mask (a stronger
   model-free fill: the surrounding tissue);
@@ -24,7 +24,13 @@ Voxels outside the mask must come back unchanged (checked: max |difference| repo
 Usage (creates its own nnU-Net folders under --workdir unless they are set and hold a preprocessed phantom)::
 
     python benchmarks/bench_ddpm_quality.py [--workdir /tmp/bench_ddpm_quality] [--epochs 150] [--lr 1e-3]
-        [--steps 50] [--threads 1] [--source 990]
+        [--batch-size 2] [--crop 16 32 32] [--steps 50] [--sampler ddim|ddpm] [--threads 1] [--source 990]
+        [--checkpoint PATH (evaluate only)]
+
+Measured (2 CPU cores shared with other jobs, 1 thread): ``--epochs 150 --crop 8 16 16 --batch-size 8 --lr 2e-3``
+(600 iterations, 1.5 it/s, 8 min) gives masked MSE inpaint 99.1, context_mean 4.14, shell_mean 3.98, noise
+4.35 over 16 held-out tumours, 0.0 change outside the masks: brief CPU training does NOT beat the model-free
+fills; the samples blow up (see the README of the ddpm package / the test's xfail reason).
 """
 
 from __future__ import annotations
