@@ -30,7 +30,7 @@ Usage (creates its own nnU-Net folders under --workdir unless they are set and h
 Measured (2 CPU cores shared with other jobs, 1 thread): ``--epochs 150 --crop 8 16 16 --batch-size 8 --lr 2e-3``
 (600 iterations, 1.5 it/s, 8 min) gives masked MSE inpaint 99.1, context_mean 4.14, shell_mean 3.98, noise
 4.35 over 16 held-out tumours, 0.0 change outside the masks: brief CPU training does NOT beat the model-free
-fills; the samples blow up (see the README of the ddpm package / the test's xfail reason).
+fills; the samples blow up (see the xfail reason in tests/test_pretrain_ddpm.py).
 """
 
 from __future__ import annotations
