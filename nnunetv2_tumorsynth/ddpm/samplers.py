@@ -62,6 +62,23 @@ def _iterate(steps: list[int], progress: bool, desc: str) -> Any:
     return enumerate(tqdm(steps, desc=desc, leave=False))
 
 
+def known_range(x0: torch.Tensor, mask: torch.Tensor, slack: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-crop bounds for the predicted clean image: the known region's [min, max] widened by ``slack`` x range.
+
+    nnU-Net's z-scored intensities have no fixed range, so the usual clip to [-1, 1] does not apply; an
+    imperfect noise estimate at large t is amplified by 1/sqrt(abar_t) (~50 at t = T-1) and, unclipped,
+    makes samples blow up. Crops without known voxels are not clipped. Shapes (B, 1, 1, 1, 1).
+    """
+    big = torch.finfo(x0.dtype).max
+    known_lo = torch.where(mask, torch.full_like(x0, big), x0).amin(dim=(1, 2, 3, 4), keepdim=True)
+    known_hi = torch.where(mask, torch.full_like(x0, -big), x0).amax(dim=(1, 2, 3, 4), keepdim=True)
+    has_known = known_hi >= known_lo
+    width = torch.where(has_known, known_hi - known_lo, torch.zeros_like(known_hi))
+    lo = torch.where(has_known, known_lo - slack * width, torch.full_like(known_lo, -big))
+    hi = torch.where(has_known, known_hi + slack * width, torch.full_like(known_hi, big))
+    return lo, hi
+
+
 def ddpm_inpaint(
     model: EpsModel,
     schedule: NoiseSchedule,
@@ -71,6 +88,7 @@ def ddpm_inpaint(
     steps: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """Ancestral DDPM inpainting, seed 000 eq. 2 (Ho et al. 2020, Algorithm 2 with the clamp of eq. 2).
 
@@ -85,9 +103,12 @@ def ddpm_inpaint(
         x0: images (B, 1, z, y, x), float32; the known region (mask False) is kept as is.
         mask: (B, 1, z, y, x) bool, True = region to inpaint.
         generators: one CPU ``torch.Generator`` per crop.
+        clip_x0: clip the predicted clean image to ``known_range`` and take the mean from it (the posterior
+            mean of Ho et al. eq. 7; identical to eq. 2's mu_theta when nothing is clipped).
     Returns:
         inpainted images (B, 1, z, y, x), float32, equal to ``x0`` outside the mask.
     """
+    lo, hi = known_range(x0, mask) if clip_x0 else (None, None)
     timesteps = timestep_subsequence(schedule.num_train_timesteps, steps or schedule.num_train_timesteps)
     # start: eq. 1 at the first timestep (abar_{T-1} ~ 4e-4: essentially N(0, I) inside the mask)
     abar_first = schedule.abar(timesteps[0])
@@ -99,7 +120,13 @@ def ddpm_inpaint(
         alpha_t = abar_t / abar_prev  # = 1 - beta_t when no step is skipped
         beta_t = 1.0 - alpha_t
         eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
-        mean = (x_t - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)  # mu_theta(x_t, t)
+        if clip_x0:
+            x0_pred = torch.clamp((x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t), lo, hi)
+            # Ho et al. eq. 7: posterior mean of q(x_{t-1} | x_t, x0_pred)
+            mean = (math.sqrt(abar_prev) * beta_t / (1.0 - abar_t) * x0_pred
+                    + math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t) * x_t)
+        else:
+            mean = (x_t - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)  # mu_theta(x_t, t)
         variance = beta_t * (1.0 - abar_prev) / (1.0 - abar_t)  # Sigma_theta(x_t, t); 0 at the last step
         if t_prev >= 0:
             x_prev = mean + math.sqrt(variance) * _standard_normal(x0, generators)  # mu + sqrt(Sigma) z
@@ -119,14 +146,16 @@ def ddim_inpaint(
     eta: float = 0.0,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """DDIM inpainting (Song et al. 2021, eq. 12) with the known region clamped after every step (eq. 2).
 
     ``steps`` network evaluations on ``timestep_subsequence(T, steps)`` (the paper samples with 250).
     ``eta = 0`` is deterministic given the starting noise; ``eta = 1`` has the DDPM posterior variance.
 
-    Args and returns as ``ddpm_inpaint``.
+    Args and returns as ``ddpm_inpaint``; with ``clip_x0`` the noise is re-derived from the clipped x0.
     """
+    lo, hi = known_range(x0, mask) if clip_x0 else (None, None)
     timesteps = timestep_subsequence(schedule.num_train_timesteps, steps)
     abar_first = schedule.abar(timesteps[0])
     noise = _standard_normal(x0, generators)
@@ -137,6 +166,9 @@ def ddim_inpaint(
         eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
         # eq. 12, "predicted x0": (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
         x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+        if clip_x0:
+            x0_pred = torch.clamp(x0_pred, lo, hi)
+            eps = (x_t - math.sqrt(abar_t) * x0_pred) / math.sqrt(1.0 - abar_t)
         # eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
         sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
         # eq. 12, "direction pointing to x_t": sqrt(1 - abar_prev - sigma^2) eps
@@ -205,6 +237,7 @@ def inpaint(
     schedule: NoiseSchedule | None = None,
     autocast: bool = True,
     progress: bool = False,
+    clip_x0: bool = True,
 ) -> np.ndarray | torch.Tensor:
     """Inpaint the masked region of image crops with the diffusion model (seed 000 section 2.2.2).
 
@@ -229,6 +262,8 @@ def inpaint(
         schedule: noise schedule; None = ``model.schedule`` if present, else the default.
         autocast: on CUDA, run the network forward under bf16 autocast (sampler arithmetic stays float32).
         progress: show a tqdm bar over the steps.
+        clip_x0: clip the predicted clean image to the known region's range widened by 50% at every step
+            (``known_range``); without it an imperfect model's samples can blow up.
 
     Crop sizes that are not multiples of the model's ``size_divisor`` (2 ** (levels - 1)) are padded at the
     high end of each axis (image: edge replicate, mask: 0, i.e. known) and cropped back; no error.
@@ -300,6 +335,7 @@ def inpaint(
                         eta=eta,
                         autocast_dtype=autocast_dtype,
                         progress=progress,
+                        clip_x0=clip_x0,
                     )
                 else:
                     out = ddpm_inpaint(
@@ -311,6 +347,7 @@ def inpaint(
                         steps=steps,
                         autocast_dtype=autocast_dtype,
                         progress=progress,
+                        clip_x0=clip_x0,
                     )
                 out = out[..., : size[0], : size[1], : size[2]]
                 sampled[idx] = out.to(sampled.device)
