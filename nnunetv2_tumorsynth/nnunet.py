@@ -21,7 +21,7 @@ TUMOUR_NAMES = ("tumour", "tumor", "lesion", "cancer", "metastasis")
 def dataset_name(dataset: str | int) -> str:
     """``501``, ``"501"`` or ``"Dataset501_ATLAS"`` -> ``"Dataset501_ATLAS"`` (nnU-Net's own lookup)."""
     numeric = not isinstance(dataset, str) or dataset.isdigit()
-    return maybe_convert_to_dataset_name(int(dataset) if numeric else dataset)
+    return str(maybe_convert_to_dataset_name(int(dataset) if numeric else dataset))
 
 
 def preprocessed_folder(name: str) -> str:
@@ -88,12 +88,12 @@ def fold_split(name: str, case_identifiers: list[str], fold: int | str) -> tuple
         save_json(splits, tmp)
         os.replace(tmp, splits_file)
     if fold < len(splits):
-        return list(splits[fold]["train"]), list(splits[fold]["val"])
+        return [str(k) for k in splits[fold]["train"]], [str(k) for k in splits[fold]["val"]]
     # nnU-Net's fallback for folds beyond the split file: a seeded random 80:20 split
     rnd = np.random.RandomState(seed=12345 + fold)
     keys = np.sort(list(case_identifiers))
     idx_tr = rnd.choice(len(keys), int(len(keys) * 0.8), replace=False)
-    return [keys[i] for i in idx_tr], [keys[i] for i in range(len(keys)) if i not in idx_tr]
+    return [str(keys[i]) for i in idx_tr], [str(keys[i]) for i in range(len(keys)) if i not in idx_tr]
 
 
 def _label_value(value) -> int:
