@@ -16,6 +16,17 @@ Run::
 
     python benchmarks/bench_pseudolabel.py [--workdir /tmp/bench_pseudolabel] [--train 16] [--test 8] \\
         [--features 8 16 32] [--epochs 5] [-device cpu]
+
+Measured (2 shared CPU cores, 16 training / 8 test phantoms, 6 with tumours; Dice of tumour / organ+tumour):
+
+    epochs  BBoxChannel   BBoxChannel, no boxes   plain nnU-Net   plain + box filter
+    5       0.680/0.671   -/0.683                 0.300/0.830     0.310/0.830
+    10      0.831/0.788   -/0.802                 0.689/0.905     0.698/0.905
+
+Boxes help the tumour; at these short schedules the box model's organ spills into the body more than the
+plain model's (the same pipeline trained with every box dropped reached organ Dice 0.884 after 5 epochs,
+so the box channel, not the pipeline, trades organ for tumour). Pseudo-labelling takes about 5 s per case
+with mirroring and 0.75 s with --disable_tta (quiet machine, tiny plans 8-16-32, 32 x 64 x 64 voxels).
 """
 
 from __future__ import annotations
