@@ -92,6 +92,35 @@ def test_predict_and_val_after_synthetic_training(heuristic_run, phantom_dataset
     assert "nnUNetv2_predict -d Dataset990_Phantom" in result.stdout
 
 
+def test_pretrained_weights_and_continue(heuristic_run, phantom_dataset, tmp_path):
+    """-pretrained_weights (fold 1 starts from fold 0's network), then --c after an interruption: the resumed
+    run keeps the bank and synthesises again in its one remaining epoch."""
+    _, fold0 = heuristic_run
+    trainer = "nnUNetTrainerSynthTumorHeuristicTiny"
+    args = [cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", "1", "-p", phantom_dataset.plans,
+            "-tr", trainer, "-device", "cpu"]
+    result = run([*args, "-pretrained_weights", os.path.join(fold0, "checkpoint_final.pth")],
+                 env=phantom_dataset.env)
+    assert "Loading pretrained weights" in result.stdout
+    folder = os.path.join(os.environ["nnUNet_results"], phantom_dataset.name,
+                          f"{trainer}__{phantom_dataset.plans}__3d_fullres", "fold_1")
+    bank = sorted(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz")))
+    assert bank
+    # interrupted after the first epoch: only checkpoint_latest.pth (epoch 1 of 2) is left
+    os.remove(os.path.join(folder, "checkpoint_final.pth"))
+    os.remove(os.path.join(folder, "checkpoint_best.pth"))
+    logs_before = set(glob.glob(os.path.join(folder, "training_log_*.txt")))
+    run([*args, "--c"], env=phantom_dataset.env)
+    new_logs = set(glob.glob(os.path.join(folder, "training_log_*.txt"))) - logs_before
+    assert len(new_logs) == 1, "nnU-Net starts a new log for the continued run"
+    log = open(new_logs.pop()).read()
+    assert "Epoch 1" in log and "Epoch 0" not in log
+    assert log.count("training samples received one") == 1
+    bank_after = set(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz")))
+    assert set(bank) < bank_after, "the bank survives --c and grows"
+    assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+
+
 def test_ddpm_trainer_without_checkpoint_says_what_to_run(phantom_dataset, tmp_path):
     # fold 3: no diffusion model is ever trained for it in the test suite
     result = train(phantom_dataset, "nnUNetTrainerSynthTumorTiny", tmp_path, check=False, fold="3",

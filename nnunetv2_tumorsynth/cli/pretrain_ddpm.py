@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the training tumours held out for the validation loss (default 0.1)")
     parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, the paper's)")
     parser.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="checkpoints hold an exponential moving average of the weights with this decay "
+                        "(default 0.999; 0 = the trained weights)")
     parser.add_argument("--channel", type=int, default=0, help="input channel (modality) to learn (default 0)")
     parser.add_argument("--organ-label", default=None, help="organ label name or value if not found by name")
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value if not found by name")
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         val_fraction=args.val_fraction,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay,
         channel=args.channel,
         organ_label=args.organ_label,
         tumour_label=args.tumour_label,

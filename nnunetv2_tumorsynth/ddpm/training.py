@@ -12,7 +12,13 @@
 - output, in ``ddpm_output_folder`` (rank 0 only): ``checkpoint_latest.pth`` every epoch,
   ``checkpoint_best.pth`` (lowest validation loss) when it improves, ``progress.png`` (loss curves; redrawn
   at most every ``PNG_INTERVAL_S`` and after the last epoch), ``training_log_<timestamp>.txt``; all atomic;
-- resume (``resume=True``): model, optimiser, epoch, loss history and best loss from ``checkpoint_latest.pth``.
+- weights: the checkpoints' ``state_dict`` holds an exponential moving average (EMA) of the trained weights
+  (``ema_decay``, with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` after n updates), which is what
+  sampling uses and what the validation loss measures; ``ema_decay = 0`` stores the trained weights instead.
+  The paper does not mention an EMA; we measured that it is needed for usable samples after short training
+  (see benchmarks/bench_ddpm_quality.py). ``checkpoint_latest.pth`` also keeps the trained weights for resuming;
+- resume (``resume=True``): model, EMA, optimiser, epoch, loss history and best loss from
+  ``checkpoint_latest.pth``.
 
 Reproducibility: every random draw of epoch e is derived from (seed, e, position in the epoch): the order of
 the crops, their augmentation, their timestep and noise. A resumed run therefore continues exactly as an
@@ -27,6 +33,7 @@ summed over ranks.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import math
@@ -90,6 +97,7 @@ class TrainingSettings:
     val_fraction: float = 0.1
     lr: float = 5e-5
     weight_decay: float = 1e-5
+    ema_decay: float = 0.999  # 0: no moving average, checkpoints hold the trained weights
     channel: int = 0
     organ_label: str | int | None = None
     tumour_label: str | int | None = None
@@ -149,6 +157,18 @@ class Logger:
             from tqdm import tqdm
 
             tqdm.write(line, file=sys.stdout)
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, num_updates: int) -> None:
+    """One EMA step after ``num_updates`` earlier ones: ema = d * ema + (1 - d) * model, with the warm-up
+    d = min(decay, (1 + n) / (10 + n)) so that early averages are not dominated by the initial weights.
+    Buffers are copied."""
+    d = min(decay, (1.0 + num_updates) / (10.0 + num_updates))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
 
 
 def masked_diffusion_loss(
@@ -307,6 +327,9 @@ def _check_resume(meta: dict[str, Any], data: _Data, settings: TrainingSettings,
     new = [s.name for s in data.sources]
     if old != new:
         problems.append(f"datasets {old} in the checkpoint, {new} now")
+    if float(meta.get("ema_decay", 0.0)) != settings.ema_decay:
+        problems.append(f"EMA decay {meta.get('ema_decay', 0.0)} in the checkpoint, {settings.ema_decay} now "
+                        f"(--ema-decay)")
     if int(meta.get("seed", settings.seed)) != settings.seed:
         problems.append(f"seed {meta.get('seed')} in the checkpoint, {settings.seed} now")
     if problems:
@@ -318,6 +341,8 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
     rank, local_rank, world = _distributed()
     if settings.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if not 0.0 <= settings.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {settings.ema_decay}")
     if settings.preset is not None and settings.preset not in PRESETS:
         raise ValueError(f"unknown DDPM preset {settings.preset!r}; choose one of {sorted(PRESETS)}")
     device = _pick_device(settings.device, local_rank)
@@ -352,12 +377,22 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
     else:
         model = build_model(preset)
     data = _prepare_data(settings, preset, model.size_divisor)
+    ema = None
     if payload is not None:
         _check_resume(payload["metadata"], data, settings, latest_path)
-        model.load_state_dict(payload["state_dict"])
+        trained = (payload["extra_state"] or {}).get("trained_state_dict")
+        model.load_state_dict(trained if trained is not None else payload["state_dict"])
+        if trained is not None and settings.ema_decay > 0:
+            ema = copy.deepcopy(model)
+            ema.load_state_dict(payload["state_dict"])
+    if settings.ema_decay > 0 and ema is None:
+        ema = copy.deepcopy(model)
     model.to(device)
+    if ema is not None:
+        ema.to(device).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    state = {"epoch": 0, "best_val_loss": None, "train_losses": [], "val_losses": [], "epoch_seconds": []}
+    state = {"epoch": 0, "best_val_loss": None, "train_losses": [], "val_losses": [], "epoch_seconds": [],
+             "ema_updates": 0}
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         extra = payload["extra_state"] or {}
@@ -371,14 +406,15 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     try:
-        return _run(settings, preset, model, optimizer, state, data, out, device, rank, world)
+        return _run(settings, preset, model, ema, optimizer, state, data, out, device, rank, world)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, optimizer: torch.optim.Optimizer,
-         state: dict[str, Any], data: _Data, out: str, device: torch.device, rank: int, world: int) -> dict[str, Any]:
+def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, ema: MaskedDiffusionUNet | None,
+         optimizer: torch.optim.Optimizer, state: dict[str, Any], data: _Data, out: str, device: torch.device,
+         rank: int, world: int) -> dict[str, Any]:
     schedule = model.schedule
     T = schedule.num_train_timesteps
     autocast = device.type == "cuda"
@@ -407,7 +443,8 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
     iters_per_epoch = math.ceil(len(data.train) / (settings.batch_size * world))
     log(f"{len(data.train)} training / {len(data.val)} validation crops; batch {settings.batch_size} x {world} "
         f"process(es); {iters_per_epoch} iterations per epoch; AdamW lr {settings.lr} wd {settings.weight_decay}; "
-        f"device {device}{' (bf16 autocast)' if autocast else ''}; seed {settings.seed}")
+        f"device {device}{' (bf16 autocast)' if autocast else ''}; seed {settings.seed}; "
+        f"{f'EMA of the weights, decay {settings.ema_decay}' if ema is not None else 'no EMA'}")
     for line in settings.extra_log:
         log(line)
 
@@ -441,6 +478,9 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema_update(ema, model, settings.ema_decay, state["ema_updates"])
+                state["ema_updates"] += 1
             loss_sum += loss.detach().double()
             bar.update(1)
         if device.type == "cuda":
@@ -448,8 +488,9 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
         train_seconds += time.perf_counter() - t_train
         iterations += iters_per_epoch
 
-        # validation: fixed timesteps and noise per held-out crop
+        # validation: fixed timesteps and noise per held-out crop, on the weights that get saved
         net.eval()
+        evaluated = ema if ema is not None else model
         val_sum = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
             for start in range(0, len(val_items), settings.batch_size):
@@ -460,7 +501,8 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
                 t = torch.tensor([tt for _, tt, _ in chunk], dtype=torch.long, device=device)
                 noise = torch.stack([n for _, _, n in chunk]).to(device)
                 # masked_noise_loss averages over the chunk: weight it by the chunk size
-                val_sum += masked_diffusion_loss(model, schedule, x0, mask, t, noise, autocast).double() * len(chunk)
+                loss = masked_diffusion_loss(evaluated, schedule, x0, mask, t, noise, autocast)
+                val_sum += loss.double() * len(chunk)
         sums = torch.stack([loss_sum, val_sum])
         if world > 1:
             dist.all_reduce(sums)
@@ -479,10 +521,12 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, op
             state["best_val_loss"] = score
         if rank == 0:
             meta = _metadata(model, data, records, settings, preset, state, world)
-            extra = {k: state[k] for k in ("train_losses", "val_losses", "epoch_seconds")}
+            extra = {k: state[k] for k in ("train_losses", "val_losses", "epoch_seconds", "ema_updates")}
             if improved:
-                save_checkpoint(os.path.join(out, CHECKPOINT_BEST), model, meta, optimizer, extra)
-            save_checkpoint(os.path.join(out, CHECKPOINT_LATEST), model, meta, optimizer, extra)
+                save_checkpoint(os.path.join(out, CHECKPOINT_BEST), evaluated, meta, optimizer, extra)
+            if ema is not None:  # the trained weights, to resume from
+                extra["trained_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(os.path.join(out, CHECKPOINT_LATEST), evaluated, meta, optimizer, extra)
             last = epoch + 1 == settings.epochs
             if last or time.monotonic() - png_written >= PNG_INTERVAL_S:
                 write_progress_png(os.path.join(out, "progress.png"), state["train_losses"], state["val_losses"],
@@ -535,6 +579,7 @@ def _metadata(model: MaskedDiffusionUNet, data: _Data, records: list[dict[str, A
         pad_value=PAD_VALUE,
         augmentation={"rotation_planes": [list(p) for p in rotation_planes(s0.spacing)], "flips": [0, 1, 2]},
         optimizer={"name": "AdamW", "lr": settings.lr, "weight_decay": settings.weight_decay},
+        ema_decay=settings.ema_decay,
         batch_size=settings.batch_size,
         world_size=world,
         epochs_planned=settings.epochs,
