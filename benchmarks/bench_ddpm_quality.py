@@ -31,7 +31,7 @@ Measured on an idle 2-core machine, 1 thread, 8 phantom cases (``--cases 8``), t
 EMA of the weights (decay 0.999), ``--crop 8 16 16 --batch-size 8 --lr 2e-3``, DDIM 50 steps, 16 held-out
 tumours, masked MSE (mean over crops / median):
 
-- ``--epochs 25`` (100 iterations, 63 s): inpaint 2.52 / 1.17, context_mean 4.31 / 4.36, shell_mean 3.99,
+- ``--epochs 25`` (100 iterations, 63 s): inpaint 2.52 / 1.66, context_mean 4.31 / 4.36, shell_mean 3.99,
   noise 4.48;
 - ``--epochs 60`` (240 iterations, 104 s): inpaint 2.42 / 1.26, context_mean 4.31 / 4.36, shell_mean 3.99,
   noise 4.48 (the median crop is inpainted 3.5x better than the best model-free fill; a few crops still get

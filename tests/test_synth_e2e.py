@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import cli, run
 
 TUMOUR_FREE = {"phantomtr_001", "phantomtr_005"}
@@ -106,7 +107,12 @@ def test_pretrained_weights_and_continue(heuristic_run, phantom_dataset, tmp_pat
                           f"{trainer}__{phantom_dataset.plans}__3d_fullres", "fold_1")
     bank = sorted(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz")))
     assert bank
-    # interrupted after the first epoch: only checkpoint_latest.pth (epoch 1 of 2) is left
+    # as if interrupted after the first epoch: only a checkpoint_latest.pth saying "1 epoch done" is left
+    # (nnU-Net deletes checkpoint_latest.pth when a training finishes, so it is made from the final one)
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    final["current_epoch"] = 1
+    final["logging"] = {k: v[:1] for k, v in final["logging"].items()}
+    torch.save(final, os.path.join(folder, "checkpoint_latest.pth"))
     os.remove(os.path.join(folder, "checkpoint_final.pth"))
     os.remove(os.path.join(folder, "checkpoint_best.pth"))
     logs_before = set(glob.glob(os.path.join(folder, "training_log_*.txt")))

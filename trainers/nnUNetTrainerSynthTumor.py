@@ -71,7 +71,7 @@ class nnUNetTrainerSynthTumorHeuristic(nnUNetTrainerSynthTumor):
 
 
 class nnUNetTrainerSynthTumorTiny(nnUNetTrainerSynthTumor):
-    """Short schedule for CPU tests: 2 epochs of 3 iterations, small tumours, preview and checkpoint every epoch."""
+    """Short schedule for CPU tests: 2 epochs of 3 iterations, small tumours, preview every epoch."""
 
     synth = replace(SynthSettings(), size="small", ddpm_steps=10, preview_every=1)
 
@@ -81,7 +81,6 @@ class nnUNetTrainerSynthTumorTiny(nnUNetTrainerSynthTumor):
         self.num_epochs = 2
         self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 1
-        self.save_every = 1
 
 
 class nnUNetTrainerSynthTumorHeuristicTiny(nnUNetTrainerSynthTumorTiny):
