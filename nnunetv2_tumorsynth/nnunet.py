@@ -178,3 +178,23 @@ def find_ddpm_checkpoint(name: str, plans_identifier: str, configuration: str, f
         f"Train it first: tumorsynth_pretrain_ddpm -d {name} -c {configuration} -f {fold} -p {plans_identifier} "
         f"(or point {DDPM_CHECKPOINT_ENV} at a checkpoint, or use nnUNetTrainerSynthTumorHeuristic, which needs none)"
     )
+
+
+class ShortSchedule:
+    """Mixin for nnU-Net trainer variants with a shorter schedule (tests, demos, benchmarks).
+
+    Put it before the trainer class and set ``schedule = (epochs, iterations per epoch, validation
+    iterations per epoch)``; ``None`` keeps the trainer's value. Applied at the start of ``initialize``,
+    before nnU-Net builds the learning-rate schedule and logs its hyperparameters, so that variants need
+    no ``__init__`` of their own (nnU-Net derives its init arguments from the ``__init__`` signature).
+    """
+
+    schedule: tuple[int | None, int | None, int | None] = (None, None, None)
+
+    def initialize(self) -> None:
+        epochs, iterations, val_iterations = self.schedule
+        self.num_epochs = epochs if epochs is not None else self.num_epochs
+        self.num_iterations_per_epoch = iterations if iterations is not None else self.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = (val_iterations if val_iterations is not None
+                                             else self.num_val_iterations_per_epoch)
+        super().initialize()

@@ -17,7 +17,7 @@ from nnunetv2_tumorsynth.bbox import (
     dataset_class_with_boxes,
     insert_before_deep_supervision,
 )
-from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
+from nnunetv2_tumorsynth.nnunet import ShortSchedule, organ_and_tumour_labels
 
 
 class nnUNetTrainerBBoxChannel(nnUNetTrainer):
@@ -83,30 +83,19 @@ class nnUNetTrainerBBoxChannelSlices(nnUNetTrainerBBoxChannel):
     box_channel = BoxChannelSettings(per_slice=True)
 
 
-class nnUNetTrainerBBoxChannel_5epochs(nnUNetTrainerBBoxChannel):
+class nnUNetTrainerBBoxChannel_5epochs(ShortSchedule, nnUNetTrainerBBoxChannel):
     """5 epochs (like nnU-Net's nnUNetTrainer_5epochs): quick experiments and the benchmark."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+    schedule = (5, None, None)
 
 
-class nnUNetTrainerBBoxChannel_10epochs(nnUNetTrainerBBoxChannel):
+class nnUNetTrainerBBoxChannel_10epochs(ShortSchedule, nnUNetTrainerBBoxChannel):
     """10 epochs (like nnU-Net's nnUNetTrainer_10epochs)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
+    schedule = (10, None, None)
 
 
-class nnUNetTrainerBBoxChannelTiny(nnUNetTrainerBBoxChannel):
+class nnUNetTrainerBBoxChannelTiny(ShortSchedule, nnUNetTrainerBBoxChannel):
     """2 epochs of 3 iterations: CPU tests and the demo (with tumorsynth_tiny_plans)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 1
+    schedule = (2, 3, 1)

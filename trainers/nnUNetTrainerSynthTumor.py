@@ -12,6 +12,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_tumorsynth.bank import SynthSettings
 from nnunetv2_tumorsynth.injection import SyntheticTumourTraining, resolve_settings
+from nnunetv2_tumorsynth.nnunet import ShortSchedule
 
 
 class nnUNetTrainerSynthTumor(nnUNetTrainer):
@@ -70,32 +71,21 @@ class nnUNetTrainerSynthTumorHeuristic(nnUNetTrainerSynthTumor):
     synth = replace(SynthSettings(), texture="heuristic")
 
 
-class nnUNetTrainerSynthTumorTiny(nnUNetTrainerSynthTumor):
+class nnUNetTrainerSynthTumorTiny(ShortSchedule, nnUNetTrainerSynthTumor):
     """Short schedule for CPU tests: 2 epochs of 3 iterations, small tumours, preview every epoch."""
 
+    schedule = (2, 3, 1)
     synth = replace(SynthSettings(), size="small", ddpm_steps=10, preview_every=1)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 1
 
 
 class nnUNetTrainerSynthTumorHeuristicTiny(nnUNetTrainerSynthTumorTiny):
     synth = replace(nnUNetTrainerSynthTumorTiny.synth, texture="heuristic")
 
 
-class nnUNetTrainerSynthTumorShort(nnUNetTrainerSynthTumor):
+class nnUNetTrainerSynthTumorShort(ShortSchedule, nnUNetTrainerSynthTumor):
     """Same schedule as nnUNetTrainerShort (5 x 25 iterations), for benchmarks/bench_synth_overhead.py."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 5
+    schedule = (5, 25, 5)
 
 
 class nnUNetTrainerSynthTumorHeuristicShort(nnUNetTrainerSynthTumorShort):
