@@ -7,12 +7,24 @@ Makes a phantom dataset, plans it with nnU-Net (tiny plans on CPU, nnU-Net's own
 pretrains a diffusion model of ``--preset`` for a few epochs, then trains, in this order, with the same
 5 x 25-iteration schedule: nnUNetTrainerShort (plain), nnUNetTrainerSynthTumorShort (DDPM texture) and
 nnUNetTrainerSynthTumorHeuristicShort. Epoch times are read from nnU-Net's own training logs; the first
-epoch is dropped (start-up), medians of the rest are compared. On CUDA it also prints peak GPU memory.
+epoch is dropped (start-up), medians of the rest are compared. On CUDA it also prints each training's peak
+GPU memory (the most ``nvidia-smi`` reported while it ran, polled every 0.5 s: CUDA context and cache included).
+
+Measured on an idle 2-core machine (no GPU), tiny plans, tiny DDPM, p = 0.5, reuse 10 (3 entries per epoch):
+
+    --crop 16 32 32 --steps 20   plain 13.59 s/epoch; DDPM 15.89 (ratio 1.17, synthesis 2.17 s/epoch);
+                                 heuristic 11.55 (0.85)
+    (defaults: crop 32 64 64, 50 steps)  plain 15.50; DDPM 65.75 (4.24, synthesis 51.4 s/epoch);
+                                 heuristic 14.46 (0.93)
+
+Plain epochs vary by about +-15 % between runs on this machine (12.4-16.9 s), so ratios below ~1.15 are
+within noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -21,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 BIN = os.path.dirname(sys.executable)
@@ -35,6 +48,31 @@ def sh(env, *cmd):
         print(result.stdout[-3000:], result.stderr[-3000:])
         sys.exit(f"failed: {' '.join(cmd)}")
     return result.stdout, time.time() - start
+
+
+class GpuMemoryPeak:
+    """Polls ``nvidia-smi`` in a thread while a command runs; ``peak_mib`` is the most used on GPU 0."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True).stdout.strip()
+            if out.isdigit():
+                self.peak_mib = max(self.peak_mib, int(out))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> GpuMemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def epoch_times(folder: str) -> list[float]:
@@ -88,20 +126,24 @@ def main() -> None:
                   "-device", args.device)
         print(f"pretrained {args.preset} DDPM for {args.ddpm_epochs} epochs in {t:.0f} s")
 
-    rows = {}
+    rows, peaks = {}, {}
     for trainer in ("nnUNetTrainerShort", "nnUNetTrainerSynthTumorShort", "nnUNetTrainerSynthTumorHeuristicShort"):
-        _, t = sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", "-p", plans, "-tr", trainer,
-                  "-device", args.device)
+        memory = GpuMemoryPeak() if args.device == "cuda" else contextlib.nullcontext()
+        with memory:
+            sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", "-p", plans, "-tr", trainer, "-device", args.device)
+        if isinstance(memory, GpuMemoryPeak):
+            peaks[trainer] = memory.peak_mib
         folder = os.path.join(env["nnUNet_results"], NAME, f"{trainer}__{plans}__3d_fullres", "fold_0")
         times = epoch_times(folder)[1:]
         rows[trainer] = (statistics.median(times), times, synthesis_seconds(folder)[1:])
     base = rows["nnUNetTrainerShort"][0]
     print(f"\ndevice {args.device}, plans {plans}, DDPM preset {args.preset}, {args.steps} DDIM steps, "
           f"p = {args.probability}; 5 epochs x 25 iterations, first epoch dropped")
-    print(f"{'trainer':40s} {'median epoch s':>15s} {'ratio':>7s} {'synthesis s/epoch':>18s}")
+    print(f"{'trainer':40s} {'median epoch s':>15s} {'ratio':>7s} {'synthesis s/epoch':>18s} {'peak GPU MiB':>13s}")
     for trainer, (median, _, synth) in rows.items():
         synth_txt = f"{statistics.median(synth):.2f}" if synth else "-"
-        print(f"{trainer:40s} {median:15.2f} {median / base:7.2f} {synth_txt:>18s}")
+        peak_txt = str(peaks[trainer]) if trainer in peaks else "-"
+        print(f"{trainer:40s} {median:15.2f} {median / base:7.2f} {synth_txt:>18s} {peak_txt:>13s}")
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
 
 
