@@ -60,8 +60,11 @@ class GpuMemoryPeak:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                                 capture_output=True, text=True).stdout.strip()
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                      "-i", "0"], capture_output=True, text=True).stdout.strip()
+            except OSError:  # no nvidia-smi: the peak is reported as unknown
+                return
             if out.isdigit():
                 self.peak_mib = max(self.peak_mib, int(out))
             self._stop.wait(0.5)
@@ -131,7 +134,7 @@ def main() -> None:
         memory = GpuMemoryPeak() if args.device == "cuda" else contextlib.nullcontext()
         with memory:
             sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", "-p", plans, "-tr", trainer, "-device", args.device)
-        if isinstance(memory, GpuMemoryPeak):
+        if isinstance(memory, GpuMemoryPeak) and memory.peak_mib:
             peaks[trainer] = memory.peak_mib
         folder = os.path.join(env["nnUNet_results"], NAME, f"{trainer}__{plans}__3d_fullres", "fold_0")
         times = epoch_times(folder)[1:]
