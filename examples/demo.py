@@ -1,6 +1,6 @@
 """The whole nnunetv2-tumorsynth workflow on a phantom dataset, on CPU, through the real commands.
 
-    python examples/demo.py [--workdir demo_output]
+    python examples/demo.py [--workdir demo_output] [--overwrite]
 
 Every step is a command a user would type; they are printed as they run. The nnU-Net folders live
 under ``--workdir`` so the demo never touches your own nnU-Net data.
@@ -34,9 +34,12 @@ def sh(env: dict, *cmd: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="demo_output")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
     args = parser.parse_args()
     work = os.path.abspath(args.workdir)
     if os.path.exists(work):
+        if not args.overwrite:
+            sys.exit(f"{work} exists (an earlier demo?); pass --overwrite to replace it, or choose --workdir")
         shutil.rmtree(work)
     env = os.environ.copy()
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -49,117 +52,32 @@ def main() -> None:
     sh(env, "nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "--verify_dataset_integrity", "-np", "2")
     sh(env, "tumorsynth_tiny_plans", "-d", DATASET)
     plans = ["-p", "tumorsynthTinyPlans"]
+    cpu = ["-device", "cpu"]
     raw = os.path.join(env["nnUNet_raw"], "Dataset990_Phantom")
     results = os.path.join(env["nnUNet_results"], "Dataset990_Phantom")
-    test_images = os.path.join(raw, "imagesTs")
 
     # 1. baseline nnU-Net and nnU-Net with diffusion-inpainted synthetic tumours (same short schedule)
-    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerTiny", "-device", "cpu")
-    sh(
-        env,
-        "tumorsynth_pretrain_ddpm",
-        "-d",
-        DATASET,
-        "-c",
-        "3d_fullres",
-        "-f",
-        "0",
-        *plans,
-        "--preset",
-        "tiny",
-        "--epochs",
-        "3",
-        "--crop",
-        "16",
-        "32",
-        "32",
-        "-device",
-        "cpu",
-    )
-    sh(
-        env,
-        "nnUNetv2_train",
-        DATASET,
-        "3d_fullres",
-        "0",
-        *plans,
-        "-tr",
-        "nnUNetTrainerSynthTumorTiny",
-        "-device",
-        "cpu",
-    )
+    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerTiny", *cpu)
+    sh(env, "tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", *plans, "--preset", "tiny",
+       "--epochs", "3", "--crop", "16", "32", "32", *cpu)
+    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerSynthTumorTiny", *cpu)
     for trainer in ("nnUNetTrainerTiny", "nnUNetTrainerSynthTumorTiny"):
-        sh(
-            env,
-            "nnUNetv2_predict",
-            "-d",
-            DATASET,
-            "-c",
-            "3d_fullres",
-            "-f",
-            "0",
-            *plans,
-            "-tr",
-            trainer,
-            "-i",
-            test_images,
-            "-o",
-            os.path.join(work, "predictions", trainer),
-            "-device",
-            "cpu",
-            "-npp",
-            "1",
-            "-nps",
-            "1",
-        )
-        summary = os.path.join(
-            results, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0", "validation", "summary.json"
-        )
-        dice = json.load(open(summary))["mean"]
+        sh(env, "nnUNetv2_predict", "-d", DATASET, "-c", "3d_fullres", "-f", "0", *plans, "-tr", trainer,
+           "-i", os.path.join(raw, "imagesTs"), "-o", os.path.join(work, "predictions", trainer), *cpu,
+           "-npp", "1", "-nps", "1")
+        fold = os.path.join(results, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0")
+        dice = json.load(open(os.path.join(fold, "validation", "summary.json")))["mean"]
         print(f"  {trainer}: validation Dice per label", {k: round(v["Dice"], 3) for k, v in dice.items()})
     synth_folder = os.path.join(results, "nnUNetTrainerSynthTumorTiny__tumorsynthTinyPlans__3d_fullres", "fold_0")
-    print(
-        "  synthetic tumours: previews",
-        sorted(f for f in os.listdir(synth_folder) if f.startswith("synthetic_tumours")),
-    )
+    previews = sorted(f for f in os.listdir(synth_folder) if f.startswith("synthetic_tumours"))
+    print("  synthetic tumours: previews", [os.path.join(synth_folder, f) for f in previews])
 
     # 2. box-only annotations: box-guided nnU-Net, then pseudo-masks for an LLD-MMRI-style folder
-    sh(
-        env,
-        "nnUNetv2_train",
-        DATASET,
-        "3d_fullres",
-        "0",
-        *plans,
-        "-tr",
-        "nnUNetTrainerBBoxChannelTiny",
-        "-device",
-        "cpu",
-    )
+    sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", *plans, "-tr", "nnUNetTrainerBBoxChannelTiny", *cpu)
     lld = make_lld_mmri_folder(raw, os.path.join(work, "lld_mmri"))
-    sh(
-        env,
-        "tumorsynth_pseudolabel",
-        "-bbox",
-        os.path.join(lld, "Annotation.json"),
-        "-i",
-        os.path.join(lld, "images"),
-        "-o",
-        os.path.join(work, "pseudo_masks"),
-        "-d",
-        DATASET,
-        "-c",
-        "3d_fullres",
-        "-f",
-        "0",
-        *plans,
-        "-tr",
-        "nnUNetTrainerBBoxChannelTiny",
-        "--as-dataset",
-        "991",
-        "-device",
-        "cpu",
-    )
+    sh(env, "tumorsynth_pseudolabel", "-bbox", os.path.join(lld, "Annotation.json"), "-i", os.path.join(lld, "images"),
+       "-o", os.path.join(work, "pseudo_masks"), "-d", DATASET, "-c", "3d_fullres", "-f", "0", *plans,
+       "-tr", "nnUNetTrainerBBoxChannelTiny", "--as-dataset", "991", *cpu)
     sh(env, "nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "--verify_dataset_integrity", "-np", "1")
     print(f"done: everything is under {work}")
 
