@@ -100,6 +100,11 @@ def _as_normalisation(normalisation: dict[str, Any] | str) -> dict[str, Any]:
     return dict(normalisation)
 
 
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights and buffers, detached and on the CPU (what a checkpoint stores)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: MaskedDiffusionUNet,
@@ -134,7 +139,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "metadata": meta,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": cpu_state_dict(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra_state": extra_state,
     }

@@ -51,7 +51,7 @@ from torch import nn
 
 from nnunetv2_tumorsynth.nnunet import ddpm_output_folder
 
-from .checkpoint import check_compatible, make_metadata, read_checkpoint, save_checkpoint
+from .checkpoint import check_compatible, cpu_state_dict, make_metadata, read_checkpoint, save_checkpoint
 from .data import (
     PAD_VALUE,
     Source,
@@ -377,16 +377,13 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
     else:
         model = build_model(preset)
     data = _prepare_data(settings, preset, model.size_divisor)
-    ema = None
     if payload is not None:
-        _check_resume(payload["metadata"], data, settings, latest_path)
-        trained = (payload["extra_state"] or {}).get("trained_state_dict")
-        model.load_state_dict(trained if trained is not None else payload["state_dict"])
-        if trained is not None and settings.ema_decay > 0:
-            ema = copy.deepcopy(model)
-            ema.load_state_dict(payload["state_dict"])
-    if settings.ema_decay > 0 and ema is None:
-        ema = copy.deepcopy(model)
+        _check_resume(payload["metadata"], data, settings, latest_path)  # also: same EMA decay
+        # with an EMA, state_dict holds the average and the trained weights are kept beside it
+        model.load_state_dict((payload["extra_state"] or {}).get("trained_state_dict", payload["state_dict"]))
+    ema = copy.deepcopy(model) if settings.ema_decay > 0 else None
+    if ema is not None and payload is not None:
+        ema.load_state_dict(payload["state_dict"])
     model.to(device)
     if ema is not None:
         ema.to(device).eval().requires_grad_(False)
@@ -525,7 +522,7 @@ def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, em
             if improved:
                 save_checkpoint(os.path.join(out, CHECKPOINT_BEST), evaluated, meta, optimizer, extra)
             if ema is not None:  # the trained weights, to resume from
-                extra["trained_state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                extra["trained_state_dict"] = cpu_state_dict(model)
             save_checkpoint(os.path.join(out, CHECKPOINT_LATEST), evaluated, meta, optimizer, extra)
             last = epoch + 1 == settings.epochs
             if last or time.monotonic() - png_written >= PNG_INTERVAL_S:
