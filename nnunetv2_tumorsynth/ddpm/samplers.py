@@ -1,7 +1,9 @@
-"""DDPM and DDIM inpainting samplers (seed 000 eq. 1-2; Song et al. 2021, DDIM, eq. 12 and 16).
+"""DDPM and DDIM inpainting samplers (Quinton et al. 2026, eq. 1-2; Song et al. 2021, DDIM, eq. 12 and 16).
 
-Both samplers start from the masked forward process (eq. 1) at the noisiest timestep of their subsequence,
-take one network evaluation per step, and clamp the known region (mask = 0) to the original image after every
+One step function per sampler (``ddpm_step``, ``ddim_step``: x_t, the predicted noise, t and t_prev in,
+x_{t_prev} out) and one inpainting loop (``inpaint_loop``) that starts from the masked forward process
+(eq. 1, ``schedule.q_sample_masked``) at the noisiest timestep of the subsequence, takes one network
+evaluation per step, and clamps the known region (mask = 0) to the original image after every
 step (eq. 2: ``x_{t-1} = (1 - m) x0 + m (...)``, written with ``torch.where`` for a boolean mask). The
 returned crops are bit-identical to the input outside the mask. Sampler arithmetic is float32; only the
 network forward may run under bf16 autocast (CUDA).
@@ -12,6 +14,7 @@ nnU-Net's preprocessed axis order.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .schedule import NoiseSchedule, timestep_subsequence
+from .schedule import NoiseSchedule, q_sample_masked, timestep_subsequence
 
 # eps_theta: (x_t (B, 1, z, y, x), t (B,) int64, mask (B, 1, z, y, x) bool) -> predicted noise (B, 1, z, y, x)
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +82,111 @@ def known_range(x0: torch.Tensor, mask: torch.Tensor, slack: float = 0.5) -> tup
     return lo, hi
 
 
+def ddpm_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor | None = None,
+    x0_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One ancestral DDPM step ``x_t -> x_{t_prev}`` (Ho et al. 2020, Algorithm 2; Quinton et al. 2026, eq. 2).
+
+    ``t_prev`` is the next timestep of the subsequence (``t - 1`` without respacing, ``-1`` after the last
+    step); a respaced step uses ``alpha_t = abar_t / abar_prev`` (Nichol & Dhariwal 2021). ``noise`` is
+    N(0, I) shaped like ``x_t``; it is needed only when ``t_prev >= 0``. ``x0_bounds`` (lo, hi) clips the
+    predicted clean image (see ``known_range``). Without clipping the result equals eq. 2's
+    ``mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)`` plus noise.
+    """
+    abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    alpha_t = abar_t / abar_prev  # = 1 - beta_t when no step is skipped
+    beta_t = 1.0 - alpha_t
+    x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # Ho et al. eq. 15
+    if x0_bounds is not None:
+        x0_pred = torch.clamp(x0_pred, *x0_bounds)
+    # Ho et al. eq. 7: posterior mean of q(x_{t-1} | x_t, x0_pred); equals mu_theta when nothing is clipped
+    mean = (math.sqrt(abar_prev) * beta_t / (1.0 - abar_t) * x0_pred
+            + math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t) * x_t)
+    if t_prev < 0:
+        return mean
+    if noise is None:
+        raise ValueError("ddpm_step needs noise for every step but the last")
+    variance = beta_t * (1.0 - abar_prev) / (1.0 - abar_t)  # "fixed small" Sigma_t
+    return mean + math.sqrt(variance) * noise  # mu + sqrt(Sigma) z
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int,
+    schedule: NoiseSchedule,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    x0_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One DDIM step ``x_t -> x_{t_prev}`` (Song et al. 2021, eq. 12 with sigma_t(eta) of eq. 16).
+
+    ``eta = 0`` is deterministic; ``noise`` (N(0, I) like ``x_t``) is needed only when ``eta > 0`` and
+    ``t_prev >= 0``. With ``x0_bounds`` the predicted x0 is clipped and the noise estimate re-derived from it.
+    """
+    abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
+    x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # eq. 12, "predicted x0"
+    if x0_bounds is not None:
+        x0_pred = torch.clamp(x0_pred, *x0_bounds)
+        eps = (x_t - math.sqrt(abar_t) * x0_pred) / math.sqrt(1.0 - abar_t)
+    # eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+    sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
+    direction = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0)) * eps  # eq. 12, "direction pointing to x_t"
+    x_prev = math.sqrt(abar_prev) * x0_pred + direction
+    if sigma > 0.0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise")
+        x_prev = x_prev + sigma * noise  # eq. 12, "random noise" sigma_t z
+    return x_prev
+
+
+def inpaint_loop(
+    model: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    mask: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    timesteps: list[int],
+    step: Callable[..., torch.Tensor],
+    needs_noise: Callable[[int], bool],
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    clip_x0: bool = True,
+    desc: str = "sampling",
+) -> torch.Tensor:
+    """Inpainting with any sampler ``step`` (``ddpm_step`` or ``ddim_step``) on the descending ``timesteps``.
+
+    Starts from the masked forward process at the first timestep (Quinton et al. 2026, eq. 1: the function
+    training uses), then per timestep: one network evaluation, one sampler step, and the known region
+    clamped to the original (eq. 2: ``x_{t-1} = (1 - m) x0 + m (...)``). ``needs_noise(t_prev)`` says
+    whether the step draws fresh noise (from ``generators``, one per crop).
+
+    Args:
+        x0: images (B, 1, z, y, x), float32; the known region (mask False) is kept as is.
+        mask: (B, 1, z, y, x) bool, True = region to inpaint.
+        clip_x0: clip the predicted clean image to ``known_range`` at every step.
+    Returns:
+        inpainted images (B, 1, z, y, x), float32, equal to ``x0`` outside the mask.
+    """
+    x0_bounds = known_range(x0, mask) if clip_x0 else None
+    t_first = torch.full((x0.shape[0],), timesteps[0], dtype=torch.long, device=x0.device)
+    x_t = q_sample_masked(schedule, x0, mask, t_first, _standard_normal(x0, generators))  # eq. 1
+    for i, t in _iterate(timesteps, progress, desc):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
+        noise = _standard_normal(x0, generators) if needs_noise(t_prev) else None
+        x_prev = step(x_t, eps, t, t_prev, schedule, noise=noise, x0_bounds=x0_bounds)
+        x_t = torch.where(mask, x_prev, x0)  # eq. 2: known region clamped to the original
+    return x_t
+
+
 def ddpm_inpaint(
     model: EpsModel,
     schedule: NoiseSchedule,
@@ -90,50 +198,15 @@ def ddpm_inpaint(
     progress: bool = False,
     clip_x0: bool = True,
 ) -> torch.Tensor:
-    """Ancestral DDPM inpainting, seed 000 eq. 2 (Ho et al. 2020, Algorithm 2 with the clamp of eq. 2).
+    """Ancestral DDPM inpainting (Quinton et al. 2026, eq. 2; Ho et al. 2020, Algorithm 2 with the clamp).
 
-    With ``steps=None`` (or T) every timestep T-1 .. 0 is visited: exactly the paper's eq. 2 with
-    ``mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps_theta) / sqrt(alpha_t)`` and the "fixed small" variance
-    ``Sigma_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)``. With fewer steps the same formulas run on the
-    subsequence ``timestep_subsequence(T, steps)`` with the respaced ``alpha_t = abar_t / abar_prev``
-    (Nichol & Dhariwal 2021).
-
-    Args:
-        model: ``eps_theta(x_t, t, mask)``.
-        x0: images (B, 1, z, y, x), float32; the known region (mask False) is kept as is.
-        mask: (B, 1, z, y, x) bool, True = region to inpaint.
-        generators: one CPU ``torch.Generator`` per crop.
-        clip_x0: clip the predicted clean image to ``known_range`` and take the mean from it (the posterior
-            mean of Ho et al. eq. 7; identical to eq. 2's mu_theta when nothing is clipped).
-    Returns:
-        inpainted images (B, 1, z, y, x), float32, equal to ``x0`` outside the mask.
+    With ``steps=None`` (or T) every timestep T-1 .. 0 is visited, exactly the paper's eq. 2; with fewer the
+    same step runs on ``timestep_subsequence(T, steps)`` (respaced). Arguments as ``inpaint_loop``.
     """
-    lo, hi = known_range(x0, mask) if clip_x0 else (None, None)
     timesteps = timestep_subsequence(schedule.num_train_timesteps, steps or schedule.num_train_timesteps)
-    # start: eq. 1 at the first timestep (abar_{T-1} ~ 4e-4: essentially N(0, I) inside the mask)
-    abar_first = schedule.abar(timesteps[0])
-    noise = _standard_normal(x0, generators)
-    x_t = torch.where(mask, math.sqrt(abar_first) * x0 + math.sqrt(1.0 - abar_first) * noise, x0)  # eq. 1
-    for i, t in _iterate(timesteps, progress, "DDPM"):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-        alpha_t = abar_t / abar_prev  # = 1 - beta_t when no step is skipped
-        beta_t = 1.0 - alpha_t
-        eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
-        if clip_x0:
-            x0_pred = torch.clamp((x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t), lo, hi)
-            # Ho et al. eq. 7: posterior mean of q(x_{t-1} | x_t, x0_pred)
-            mean = (math.sqrt(abar_prev) * beta_t / (1.0 - abar_t) * x0_pred
-                    + math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t) * x_t)
-        else:
-            mean = (x_t - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)  # mu_theta(x_t, t)
-        variance = beta_t * (1.0 - abar_prev) / (1.0 - abar_t)  # Sigma_theta(x_t, t); 0 at the last step
-        if t_prev >= 0:
-            x_prev = mean + math.sqrt(variance) * _standard_normal(x0, generators)  # mu + sqrt(Sigma) z
-        else:
-            x_prev = mean
-        x_t = torch.where(mask, x_prev, x0)  # eq. 2: known region clamped to the original
-    return x_t
+    return inpaint_loop(model, schedule, x0, mask, generators, timesteps, ddpm_step,
+                        needs_noise=lambda t_prev: t_prev >= 0, autocast_dtype=autocast_dtype,
+                        progress=progress, clip_x0=clip_x0, desc="DDPM")
 
 
 def ddim_inpaint(
@@ -151,33 +224,12 @@ def ddim_inpaint(
     """DDIM inpainting (Song et al. 2021, eq. 12) with the known region clamped after every step (eq. 2).
 
     ``steps`` network evaluations on ``timestep_subsequence(T, steps)`` (the paper samples with 250).
-    ``eta = 0`` is deterministic given the starting noise; ``eta = 1`` has the DDPM posterior variance.
-
-    Args and returns as ``ddpm_inpaint``; with ``clip_x0`` the noise is re-derived from the clipped x0.
+    ``eta = 0`` is deterministic given the starting noise. Arguments as ``inpaint_loop``.
     """
-    lo, hi = known_range(x0, mask) if clip_x0 else (None, None)
     timesteps = timestep_subsequence(schedule.num_train_timesteps, steps)
-    abar_first = schedule.abar(timesteps[0])
-    noise = _standard_normal(x0, generators)
-    x_t = torch.where(mask, math.sqrt(abar_first) * x0 + math.sqrt(1.0 - abar_first) * noise, x0)  # eq. 1
-    for i, t in _iterate(timesteps, progress, "DDIM"):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-        eps = _predict_eps(model, x_t, t, mask, autocast_dtype)
-        # eq. 12, "predicted x0": (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-        x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
-        if clip_x0:
-            x0_pred = torch.clamp(x0_pred, lo, hi)
-            eps = (x_t - math.sqrt(abar_t) * x0_pred) / math.sqrt(1.0 - abar_t)
-        # eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
-        sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
-        # eq. 12, "direction pointing to x_t": sqrt(1 - abar_prev - sigma^2) eps
-        direction = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0)) * eps
-        x_prev = math.sqrt(abar_prev) * x0_pred + direction
-        if sigma > 0.0:
-            x_prev = x_prev + sigma * _standard_normal(x0, generators)  # eq. 12, random noise sigma_t z
-        x_t = torch.where(mask, x_prev, x0)  # eq. 2: known region clamped to the original
-    return x_t
+    return inpaint_loop(model, schedule, x0, mask, generators, timesteps, functools.partial(ddim_step, eta=eta),
+                        needs_noise=lambda t_prev: eta > 0.0 and t_prev >= 0, autocast_dtype=autocast_dtype,
+                        progress=progress, clip_x0=clip_x0, desc="DDIM")
 
 
 def _pad_to_multiple(x: torch.Tensor, divisor: int, mode: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -239,7 +291,7 @@ def inpaint(
     progress: bool = False,
     clip_x0: bool = True,
 ) -> np.ndarray | torch.Tensor:
-    """Inpaint the masked region of image crops with the diffusion model (seed 000 section 2.2.2).
+    """Inpaint the masked region of image crops with the diffusion model (Quinton et al. 2026, section 2.2.2).
 
     Voxels outside the mask are returned bit-identical to ``image`` (same dtype); inside, the sampled values
     are cast to ``image``'s dtype.
