@@ -95,7 +95,7 @@ def bench_training(preset: str, crop, device: torch.device, amp: bool, repeats: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(preset, device=device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-5)  # seed 000 section 2.3
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-5)  # Quinton et al. 2026, section 2.3
     x0 = torch.randn(1, 1, *crop, device=device)
     mask = torch.from_numpy(ellipsoid_mask(crop, (1.0, 1.0, 1.0), min(crop) / 3))[None].to(device)
     generator = torch.Generator(device=device).manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tumour-shaped binary masks: deformed ellipsoids (seed 000, section 2.2.1 and Appendix A).
+"""Tumour-shaped binary masks: deformed ellipsoids (Quinton et al. 2026, section 2.2.1 and Appendix A).
 
 A mask is made in two steps, so that every random number is drawn in one place and used in another:
 
@@ -37,13 +37,13 @@ of the noise's RMS). The spline is scipy.ndimage.zoom's, applied one axis at a t
 from this fast path and from snoise3 at every voxel agree to Dice > 0.99 (benchmarks/bench_masks.py).
 
 Sizes. ``size="paper"`` draws each semi-axis from N(27, 4.5) mm clipped to [13.5, 40.5] mm (seed 000
-2.2.1). ``"tiny"``, ``"small"``, ``"medium"``, ``"large"`` follow seed 004 (Table 6 and section 3.1):
+2.2.1). ``"tiny"``, ``"small"``, ``"medium"``, ``"large"`` follow Hu et al. 2023 (Table 6 and section 3.1):
 semi-axes U(0.75 r, 1.25 r) with r = 4, 8, 16, 32 mm and deformation sigma_e drawn from U[0.5, 1],
-U[1, 2], U[3, 6], U[5, 10]. Seed 004 states no unit for sigma_e and uses it as the spread of an
+U[1, 2], U[3, 6], U[5, 10]. Hu et al. 2023 state no unit for sigma_e and uses it as the spread of an
 elastic displacement; we read it as the RMS displacement per axis in mm (``amplitude_mm``), which for
 CT at about 1 mm per voxel is the same number. ``"mix"`` picks one of the four with equal
 probability. For ``"paper"`` the seeds give no amplitude; we use U(3, 6) mm, amplitude / r = 0.11 to
-0.22, inside seed 004's range (0.125 to 0.375). The noise scale follows the size too (see
+0.22, inside Hu et al.'s (2023) range (0.125 to 0.375). The noise scale follows the size too (see
 ``draw_tumour_shape``), so small and large tumours get the same kind of lobulation.
 """
 
@@ -57,6 +57,8 @@ from typing import Sequence
 import numpy as np
 from noise import snoise3
 from scipy import ndimage
+
+from nnunetv2_tumorsynth.geometry import check_spacing
 
 RandomLike = np.random.Generator | int | None
 
@@ -86,8 +88,8 @@ class SizePreset:
 
 
 SIZE_PRESETS: dict[str, SizePreset] = {
-    "paper": SizePreset(27.0, (3.0, 6.0)),  # seed 000 2.2.1; amplitude: our choice, see module doc
-    "tiny": SizePreset(4.0, (0.5, 1.0)),  # seed 004 Table 6
+    "paper": SizePreset(27.0, (3.0, 6.0)),  # Quinton et al. 2026, 2.2.1; amplitude: our choice, see module doc
+    "tiny": SizePreset(4.0, (0.5, 1.0)),  # Hu et al. 2023, Table 6
     "small": SizePreset(8.0, (1.0, 2.0)),
     "medium": SizePreset(16.0, (3.0, 6.0)),
     "large": SizePreset(32.0, (5.0, 10.0)),
@@ -140,12 +142,12 @@ def draw_tumour_shape(
 ) -> TumourShape:
     """Draw the random parameters of one tumour (all lengths in mm).
 
-    deformation: "simplex" (default, seed 000 A.2), "elastic" (A.1) or None (plain ellipsoid).
+    deformation: "simplex" (default, Quinton et al. 2026, A.2), "elastic" (A.1) or None (plain ellipsoid).
     size: "paper", "tiny", "small", "medium", "large" or "mix" (see module docstring).
     rng: numpy Generator or integer seed (None: fresh entropy).
     semi_axes_mm: fixed semi-axes (3 values, array axis order); skips the size draw.
     semi_axis_mean_mm, semi_axis_std_mm, semi_axis_range_mm: the "paper" size draw, each semi-axis
-        N(mean, std) clipped to the range (seed 000 2.2.1: 27, 4.5, [13.5, 40.5]).
+        N(mean, std) clipped to the range (Quinton et al. 2026, 2.2.1: 27, 4.5, [13.5, 40.5]).
     amplitude_mm: RMS displacement per axis; None draws it uniformly from the preset's range.
     simplex_lambda_per_mm: lambda of eq. A.12. The paper gives no value. Default
         min(1 / (2 r), 0.08 / amplitude_mm), r the preset's nominal radius (27 mm for "paper": lambda
@@ -177,7 +179,7 @@ def draw_tumour_shape(
     elif size == "paper":
         axes = np.clip(rng.normal(semi_axis_mean_mm, semi_axis_std_mm, 3), *semi_axis_range_mm)
     else:
-        axes = rng.uniform(0.75 * r, 1.25 * r, 3)  # seed 004 section 3.1, "Shape generation"
+        axes = rng.uniform(0.75 * r, 1.25 * r, 3)  # Hu et al. 2023, section 3.1, "Shape generation"
 
     if deformation is None:
         amplitude = 0.0
@@ -227,7 +229,7 @@ def render_tumour_mask(shape: TumourShape, spacing: Sequence[float], exact_noise
 
 def render_uncropped(shape: TumourShape, spacing: Sequence[float], exact_noise: bool = False) -> np.ndarray:
     """``render_tumour_mask`` before the crop: the padded box, ellipsoid centre on its centre voxel."""
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     axes = np.asarray(shape.semi_axes_mm, dtype=float)
     pad_mm = shape.max_displacement_mm()
 
@@ -262,9 +264,9 @@ def random_tumour_mask(
 ) -> np.ndarray:
     """A random tumour mask: tight bool box in the axis order of ``spacing`` (mm per axis).
 
-    deformation: "simplex" (seed 000 A.2, default), "elastic" (A.1) or None (plain ellipsoid).
+    deformation: "simplex" (Quinton et al. 2026, A.2, default), "elastic" (A.1) or None (plain ellipsoid).
     size: "paper" (semi-axes N(27, 4.5) mm clipped to [13.5, 40.5]), "tiny", "small", "medium", "large"
-        (seed 004 Table 6: r = 4, 8, 16, 32 mm) or "mix" (one of those four, equally likely).
+        (Hu et al. 2023, Table 6: r = 4, 8, 16, 32 mm) or "mix" (one of those four, equally likely).
     rng: numpy Generator or integer seed; the same seed gives the same mask.
     max_tries: a draw whose mask is empty (possible only for tumours not much larger than a voxel) is
         redrawn up to this many times; after that the undeformed ellipsoid of the last draw is
@@ -283,7 +285,7 @@ def random_tumour_mask(
 
 def equivalent_radius_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     """Radius in mm of the sphere with the mask's volume (voxel count times voxel volume)."""
-    volume_mm3 = float(np.count_nonzero(mask)) * float(np.prod(_check_spacing(spacing)))
+    volume_mm3 = float(np.count_nonzero(mask)) * float(np.prod(check_spacing(spacing)))
     return (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
@@ -293,13 +295,6 @@ def crop_to_bounding_box(mask: np.ndarray) -> np.ndarray:
     if not boxes or boxes[0] is None:
         return np.zeros((0,) * mask.ndim, dtype=bool)
     return np.ascontiguousarray(mask[boxes[0]])
-
-
-def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
-    spacing = np.asarray(spacing, dtype=float)
-    if spacing.shape != (3,) or not np.all(spacing > 0):
-        raise ValueError(f"spacing must be 3 positive values in mm (one per array axis), got {spacing!r}")
-    return spacing
 
 
 def _simplex_displacement(coords_mm: list[np.ndarray], shape: TumourShape, exact: bool) -> list[np.ndarray]:

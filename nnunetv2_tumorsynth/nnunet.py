@@ -6,13 +6,14 @@ and file formats are known.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunetv2_tumorsynth.files import write_json_atomic  # noqa: F401  (also re-exported: older imports)
 
 ORGAN_NAMES = ("liver",)
 TUMOUR_NAMES = ("tumour", "tumor", "lesion", "cancer", "metastasis")
@@ -84,9 +85,7 @@ def fold_split(name: str, case_identifiers: list[str], fold: int | str) -> tuple
         splits = load_json(splits_file)
     else:
         splits = generate_crossval_split(list(np.sort(case_identifiers)), seed=12345, n_splits=5)
-        tmp = splits_file + ".tmp"
-        save_json(splits, tmp)
-        os.replace(tmp, splits_file)
+        write_json_atomic(splits, splits_file)
     if fold < len(splits):
         return [str(k) for k in splits[fold]["train"]], [str(k) for k in splits[fold]["val"]]
     # nnU-Net's fallback for folds beyond the split file: a seeded random 80:20 split
@@ -144,13 +143,6 @@ def ddpm_output_folder(name: str, plans_identifier: str, configuration: str, fol
     if not nnUNet_results:
         raise RuntimeError("nnUNet_results is not set; export nnUNet_results=/path/to/nnUNet_results")
     return os.path.join(nnUNet_results, name, f"tumorsynth_ddpm__{plans_identifier}__{configuration}", f"fold_{fold}")
-
-
-def write_json_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 DDPM_CHECKPOINT_ENV = "TUMORSYNTH_DDPM_CHECKPOINT"

@@ -10,15 +10,14 @@ Arrays are in SimpleITK's (z, y, x) order; spacings given to this module are in 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from nnunetv2_tumorsynth.files import new_raw_dataset, write_dataset_json
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 
@@ -147,27 +146,17 @@ def write_phantom_dataset(
 ) -> str:
     """Write ``Dataset<id>_<name>`` (imagesTr, labelsTr, dataset.json; imagesTs/labelsTs if ``num_test``).
 
-    The dataset is built in a temporary folder beside the target and renamed into place, so a crash
-    never leaves half a dataset. Returns the dataset folder.
+    Written through ``files.new_raw_dataset``: built in a temporary folder beside the target and renamed
+    into place, so a crash never leaves half a dataset; an existing id is refused unless ``overwrite``.
+    Returns the dataset folder.
     """
-    dataset_name = f"Dataset{dataset_id:03d}_{name}"
-    target = os.path.join(raw_folder, dataset_name)
-    taken = [d for d in os.listdir(raw_folder) if d.startswith(f"Dataset{dataset_id:03d}_")] if os.path.isdir(
-        raw_folder
-    ) else []
-    if taken and not overwrite:
-        raise FileExistsError(
-            f"{os.path.join(raw_folder, taken[0])} already exists; choose another id or pass --overwrite"
-        )
-    os.makedirs(raw_folder, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tmp = tempfile.mkdtemp(prefix=f".{dataset_name}.", dir=raw_folder)
-    try:
+    with new_raw_dataset(raw_folder, dataset_id, name, overwrite) as tmp:
         for split, n in (("Tr", num_train), ("Ts", num_test)):
             if n == 0:
                 continue
-            os.makedirs(os.path.join(tmp, f"images{split}"))
-            os.makedirs(os.path.join(tmp, f"labels{split}"))
+            os.makedirs(os.path.join(tmp, f"images{split}"), exist_ok=True)
+            os.makedirs(os.path.join(tmp, f"labels{split}"), exist_ok=True)
             for i in range(n):
                 with_tumours = i % settings.tumour_free_every != 1
                 image, label = make_phantom_case(rng, settings, with_tumours)
@@ -175,20 +164,6 @@ def write_phantom_dataset(
                 image_file = os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz")
                 sitk.WriteImage(to_sitk(image, settings.spacing), image_file)
                 sitk.WriteImage(to_sitk(label, settings.spacing), os.path.join(tmp, f"labels{split}", f"{case}.nii.gz"))
-        dataset_json = {
-            "channel_names": {"0": "MRI"},
-            "labels": dict(LABELS),
-            "numTraining": num_train,
-            "file_ending": ".nii.gz",
-            "name": dataset_name,
-            "description": "nnunetv2-tumorsynth phantom: organ with vessels and tumours, MR-like, anisotropic",
-        }
-        with open(os.path.join(tmp, "dataset.json"), "w") as f:
-            json.dump(dataset_json, f, indent=2)
-        for d in taken:
-            shutil.rmtree(os.path.join(raw_folder, d))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+        write_dataset_json(tmp, {"0": "MRI"}, dict(LABELS), num_train, ".nii.gz", f"Dataset{dataset_id:03d}_{name}",
+                           "nnunetv2-tumorsynth phantom: organ with vessels and tumours, MR-like, anisotropic")
+    return os.path.join(raw_folder, f"Dataset{dataset_id:03d}_{name}")

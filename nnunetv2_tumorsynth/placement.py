@@ -27,6 +27,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from nnunetv2_tumorsynth.geometry import bounding_box, check_spacing
+
 RandomLike = np.random.Generator | int | None
 
 # The screening grid has about this many cells at most (its distance transform then takes < 0.1 s).
@@ -65,7 +67,7 @@ def place_tumour(
     """
     organ = np.asarray(organ, dtype=bool)
     tumour = np.asarray(tumour, dtype=bool)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     if organ.ndim != 3 or tumour.ndim != 3:
         raise ValueError(f"organ and tumour must be 3D, got shapes {organ.shape} and {tumour.shape}")
     if forbidden is not None:
@@ -140,16 +142,16 @@ def vessel_mask_from_intensity(
     offset: float | None = None,
     min_component_mm3: float = 20.0,
 ) -> np.ndarray:
-    """Bright vessels inside ``organ`` by thresholding the smoothed image (seed 004, eqs. 1-2).
+    """Bright vessels inside ``organ`` by thresholding the smoothed image (Hu et al. 2023, eqs. 1-2).
 
     v = organ & (G_sigma * image > T), T = mean of the image over the organ + b.
 
     image: intensities in any unit (HU, z-scored, min-max normalised), same shape as ``organ``.
     spacing: mm per array axis.
-    sigma_mm: Gaussian smoothing in mm (seed 004 Table 1: sigma_a = 0.5 + 0.025 sigma_p voxels, about
+    sigma_mm: Gaussian smoothing in mm (Hu et al. 2023, Table 1: sigma_a = 0.5 + 0.025 sigma_p voxels, about
         1 voxel for CT with sigma_p of 20 HU; 1 mm here so that it does not depend on the intensity unit).
     offset_std: b in units of the organ's robust intensity spread (1.4826 x median absolute deviation of
-        the smoothed image over the organ, which ignores the few bright vessel voxels). Seed 004 uses
+        the smoothed image over the organ, which ignores the few bright vessel voxels). Hu et al. 2023 use
         b = 15 HU, two to three times the spread of smoothed liver parenchyma; we take 3 spreads, which
         the parenchyma's own texture exceeds in about 0.1 % of voxels (at 2 spreads, texture speckles
         made 10 to 15 % of the detections in our test phantom). Unit-free, so it works on normalised
@@ -163,7 +165,7 @@ def vessel_mask_from_intensity(
     """
     image = np.asarray(image)
     organ = np.asarray(organ, dtype=bool)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     if image.shape != organ.shape:
         raise ValueError(f"image has shape {image.shape}, organ has {organ.shape}")
     vessels = np.zeros(organ.shape, dtype=bool)
@@ -295,16 +297,9 @@ def _fits(
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(first, one past last) index of the True voxels per axis, or None if there are none."""
-    along_0 = np.flatnonzero(mask.any(axis=(1, 2)))
-    if along_0.size == 0:
-        return None
-    plane = mask[along_0[0] : along_0[-1] + 1].any(axis=0)
-    along_1 = np.flatnonzero(plane.any(axis=1))
-    along_2 = np.flatnonzero(plane.any(axis=0))
-    lo = np.array([along_0[0], along_1[0], along_2[0]])
-    hi = np.array([along_0[-1], along_1[-1], along_2[-1]]) + 1
-    return lo, hi
+    """``geometry.bounding_box`` as arrays (first, one past last index per axis), or None."""
+    box = bounding_box(mask)
+    return None if box is None else (np.array(box[0]), np.array(box[1]))
 
 
 def _overlap(
@@ -317,10 +312,3 @@ def _overlap(
     in_array = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     in_box = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner, strict=True))
     return in_array, in_box
-
-
-def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
-    spacing = np.asarray(spacing, dtype=float)
-    if spacing.shape != (3,) or not np.all(spacing > 0):
-        raise ValueError(f"spacing must be 3 positive values in mm (one per array axis), got {spacing!r}")
-    return spacing

@@ -4,9 +4,9 @@ Both backends share one interface, ``fill(images, masks, organs, rng) -> images`
 (B, 1, z, y, x) in nnU-Net's preprocessed axis order and intensity normalisation. Voxels outside each
 mask are returned bit-identical.
 
-- ``DDPMTexture``: the bundled diffusion model inpaints the mask (seed 000 eq. 1-2).
-- ``HeuristicTexture``: seed 004's hand-made texture (Gaussian noise scaled up and blurred, blurred
-  edge, optional brighter capsule), no model needed. Mass effect (seed 004 eq. 5) is not implemented:
+- ``DDPMTexture``: the bundled diffusion model inpaints the mask (Quinton et al. 2026, eq. 1-2).
+- ``HeuristicTexture``: Hu et al.'s (2023) hand-made texture (Gaussian noise scaled up and blurred, blurred
+  edge, optional brighter capsule), no model needed. Mass effect (Hu et al. 2023, eq. 5) is not implemented:
   it would move voxels outside the mask, which breaks the "outside untouched" contract of the bank.
 """
 
@@ -45,7 +45,7 @@ class DDPMTexture:
 
 @dataclass(frozen=True)
 class HeuristicTexture:
-    """Seed 004 section 3.1 texture, adapted to normalised MR intensities.
+    """Hu et al. 2023, section 3.1 texture, adapted to normalised MR intensities.
 
     Intensities are in units of the organ's own standard deviation, since MR has no fixed scale:
     the tumour mean is the organ mean plus ``contrast_sd`` organ SDs, darker or brighter with equal
@@ -53,11 +53,11 @@ class HeuristicTexture:
     """
 
     contrast_sd: tuple[float, float] = (1.5, 3.0)  # |tumour mean - organ mean| / organ SD, uniform
-    scale_up: tuple[float, float] = (1.1, 1.5)  # eta: noise grain enlargement (seed 004 Table 1)
+    scale_up: tuple[float, float] = (1.1, 1.5)  # eta: noise grain enlargement (Hu et al. 2023, Table 1)
     texture_blur: float = 0.6  # sigma_b, voxels
     edge_blur: tuple[float, float] = (0.6, 1.2)  # sigma_c, voxels
     capsule_probability: float = 0.5
-    capsule_sd: float = 1.0  # capsule brightening, organ SDs (seed 004's d relative to the organ)
+    capsule_sd: float = 1.0  # capsule brightening, organ SDs (Hu et al.'s (2023) d relative to the organ)
     crop_size: tuple[int, int, int] | None = None  # no fixed context needed
 
     def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -80,11 +80,11 @@ class HeuristicTexture:
         noise = rng.normal(organ_mean + contrast * organ_sd, organ_sd, coarse).astype(np.float32)
         texture = ndimage.zoom(noise, [n / c for n, c in zip(image.shape, coarse)], order=3)[
             : image.shape[0], : image.shape[1], : image.shape[2]]
-        texture = ndimage.gaussian_filter(texture, self.texture_blur)  # seed 004 eq. 3
+        texture = ndimage.gaussian_filter(texture, self.texture_blur)  # Hu et al. 2023, eq. 3
 
-        # blend weight: blurred mask, kept inside the mask so the outside is untouched (seed 004 eq. 4)
+        # blend weight: blurred mask, kept inside the mask so the outside is untouched (Hu et al. 2023, eq. 4)
         weight = ndimage.gaussian_filter(mask.astype(np.float32), edge_sigma) * mask
-        if capsule:  # seed 004 eq. 6-8: brighten the band where the blurred mask is in [0.4, 0.7]
+        if capsule:  # Hu et al. 2023, eq. 6-8: brighten the band where the blurred mask is in [0.4, 0.7]
             band = ((weight >= 0.4) & (weight <= 0.7)).astype(np.float32)
             texture = texture + self.capsule_sd * organ_sd * ndimage.gaussian_filter(band, 0.8)
         filled = (1.0 - weight) * image + weight * texture

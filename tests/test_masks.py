@@ -52,7 +52,7 @@ def test_paper_equivalent_radius_is_plausible(deformation):
     assert 22.0 < np.median(radii) < 32.0
 
 
-def test_size_presets_follow_seed004_radii():
+def test_size_presets_follow_hu2023_radii():
     for size in ["tiny", "small", "medium", "large"]:
         r = SIZE_PRESETS[size].radius_mm
         rng = np.random.default_rng(2)

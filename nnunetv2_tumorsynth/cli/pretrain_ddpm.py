@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", type=_fold, required=True, help="fold (0-4, or 'all')")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="network preset: paper (862 M parameters, seed 000 Table 1), fast (on-the-fly "
+                        help="network preset: paper (862 M parameters, Quinton et al. 2026, Table 1), fast (on-the-fly "
                         "synthesis), tiny (CPU tests). Default paper; with --c the checkpoint's")
     parser.add_argument("--epochs", type=int, default=5000,
                         help="total epochs, one pass over the training tumours each (default 5000, as the paper)")

@@ -1,4 +1,4 @@
-"""Bundled 3D diffusion model for tumour inpainting (seed 000 section 2.2.2).
+"""Bundled 3D diffusion model for tumour inpainting (Quinton et al. 2026, section 2.2.2).
 
 - ``network``: presets ("paper", "fast", "tiny") of MONAI's ``DiffusionModelUNet`` and ``build_model``.
 - ``schedule``: scaled-linear betas (T = 1000), the masked forward process (eq. 1), the masked loss (eq. 3)

@@ -8,7 +8,7 @@ validation cases stay unseen.
 - A *source* is one (dataset, plans, configuration, fold); several sources can be pooled (ATLAS plus
   pseudo-labelled LLD-MMRI in seed 000) if they share voxel spacing and normalisation.
 - A *component* is one connected tumour (26-connectivity) in one training case. An epoch is one pass over
-  the training components (seed 000 section 2.3: 5,000 epochs over the tumours of 48 ATLAS images).
+  the training components (Quinton et al. 2026, section 2.3: 5,000 epochs over the tumours of 48 ATLAS images).
 - A *crop* is a box of ``crop_size`` voxels centred on the component's centre of mass (rounded to a voxel).
   Its mask is the voxels of that component inside the crop; other tumours in the crop stay unmasked
   (they are context, as real tumours are when a synthetic one is placed beside them). A component larger
@@ -47,7 +47,7 @@ from nnunetv2_tumorsynth.nnunet import (
     organ_and_tumour_labels,
 )
 
-# Seed 000 section 2.3: 128 x 96 x 64 voxels (x, y, z) at 1.5 x 1.5 x 3.0 mm, i.e. 192 x 144 x 192 mm.
+# Quinton et al. 2026, section 2.3: 128 x 96 x 64 voxels (x, y, z) at 1.5 x 1.5 x 3.0 mm, i.e. 192 x 144 x 192 mm.
 # Written here in the original image's (z, y, x) array order, as SimpleITK reads it.
 PAPER_CROP_SIZE_MM_ZYX = (64 * 3.0, 96 * 1.5, 128 * 1.5)
 PAD_VALUE = 0.0

@@ -4,13 +4,13 @@ The U-Net itself is MONAI's; this module only chooses its arguments (presets) an
 network in the project is called the same way: ``model(x_t, t, mask) -> eps`` with
 ``x_t`` (B, 1, z, y, x), ``t`` (B,) integer timesteps, ``mask`` (B, 1, z, y, x), in nnU-Net's preprocessed
 axis order. With ``mask_channel=True`` the mask is concatenated to ``x_t`` as a second input channel
-(DiffTumor, seed 001 section 3.2, conditions its diffusion model on the tumour mask this way); otherwise the
-mask only enters through the sampler's clamping of the known region (seed 000 eq. 2) and is ignored here.
+(DiffTumor, Chen et al. 2024, section 3.2, conditions its diffusion model on the tumour mask this way); otherwise the
+mask only enters through the sampler's clamping of the known region (Quinton et al. 2026, eq. 2) and is ignored here.
 
 Presets (parameter counts with one input channel, i.e. ``mask_channel=False``; the mask channel adds
 ``27 * channels[0]`` weights to the first convolution):
 
-- ``paper``: seed 000 Table 1. channels (128, 256, 512, 1024), 3 residual blocks per level, self-attention at
+- ``paper``: Quinton et al. 2026, Table 1: channels (128, 256, 512, 1024), 3 residual blocks per level, attention at
   the last level only: 862,137,473 parameters (the paper's 8.62e8). Table 1's "attention head channels
   0, 0, 0, 768" comes from MONAI Generative, whose attention block used ``num_heads = 1024 // 768 = 1`` head
   of 1024 channels (scale 1/sqrt(1024)) without checking divisibility. Current MONAI requires
@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         num_head_channels=(0, 0, 0, 1024),
         norm_num_groups=32,
         mask_channel=False,
-        description="seed 000 Table 1: 862,137,473 parameters; for offline generation",
+        description="Quinton et al. 2026, Table 1: 862,137,473 parameters; for offline generation",
     ),
     "fast": Preset(
         channels=(32, 64, 128, 256),

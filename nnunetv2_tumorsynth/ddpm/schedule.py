@@ -1,6 +1,6 @@
-"""Noise schedule, masked forward process and masked training loss (seed 000, section 2.2.2).
+"""Noise schedule, masked forward process and masked training loss (Quinton et al. 2026, section 2.2.2).
 
-Notation follows the paper (seed 000) and Ho et al. (2020): ``beta_t`` is the variance added at step t,
+Notation follows the paper (Quinton et al. 2026) and Ho et al. (2020): ``beta_t`` is the variance added at step t,
 ``alpha_t = 1 - beta_t`` and ``abar_t = prod_{s<=t} alpha_s``. Timesteps are 0-based indices
 ``t = 0 .. T-1`` (the paper's t = 1 .. T shifted by one, as in MONAI), so ``abar[0] = alpha_0`` and the
 clean image corresponds to "index -1" with ``abar = 1``.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# The paper (seed 000 Table 1) states "scaled linear beta" with T = 1000 but not the end points. We use
+# The paper (Quinton et al. 2026, Table 1) states "scaled linear beta" with T = 1000 but not the end points. We use
 # the values of MONAI's 3D DDPM tutorials (same DiffusionModelUNet and the same AdamW lr 5e-5 setting the
 # paper reports): beta_start = 0.0005, beta_end = 0.0195. With T = 1000 this gives abar_{T-1} ~ 4e-4,
 # i.e. x_{T-1} keeps about 2 % of the original signal amplitude (SNR ~ 4e-4): close to pure noise.
@@ -118,7 +118,7 @@ def as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
 def q_sample_masked(
     schedule: NoiseSchedule, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
-    """Masked forward process, seed 000 eq. 1.
+    """Masked forward process, Quinton et al. 2026, eq. 1.
 
     ``x_t = (1 - m) x0 + m (sqrt(abar_t) x0 + sqrt(1 - abar_t) eps)``. Implemented with ``torch.where`` so
     voxels outside the mask are exactly ``x0`` (bit-identical), whatever the noise holds there.
@@ -135,7 +135,7 @@ def q_sample_masked(
 
 
 def masked_noise_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked MSE on the predicted noise, seed 000 eq. 3, normalised by mask size per sample.
+    """Masked MSE on the predicted noise, Quinton et al. 2026, eq. 3, normalised by mask size per sample.
 
     Per sample: ``sum(m * (eps - eps_pred)**2) / sum(m)`` (mean squared error over the masked voxels,
     so a small tumour weighs as much as a large one); then the mean over samples whose mask is not empty.
@@ -169,6 +169,36 @@ def sample_timesteps(
     return t.to(device)
 
 
+def masked_diffusion_loss(
+    model: nn.Module | Any,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    autocast: bool = False,
+) -> torch.Tensor:
+    """The training loss: eq. 1 (``q_sample_masked``), the network's noise estimate, eq. 3 (``masked_noise_loss``).
+
+    This is the one loss path: ``tumorsynth_pretrain_ddpm`` (with per-crop seeded ``t`` and ``noise``),
+    ``training_step``, the benchmarks and the tests all call it.
+
+    Args:
+        model: a ``MaskedDiffusionUNet`` (or any callable ``(x_t, t, mask) -> eps``).
+        x0: clean image crops (B, 1, z, y, x), float32, on the model's device.
+        mask: tumour masks (B, 1, z, y, x), boolean or {0, 1}.
+        t: (B,) integer timesteps in [0, T-1]; noise: N(0, I) like ``x0``.
+        autocast: run the network forward under bf16 autocast (the loss stays float32).
+    """
+    x_t = q_sample_masked(schedule, x0, mask, t, noise)  # eq. 1
+    if autocast:
+        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16):
+            eps_pred = model(x_t, t, mask)
+    else:
+        eps_pred = model(x_t, t, mask)
+    return masked_noise_loss(eps_pred, noise, mask)  # eq. 3
+
+
 def training_step(
     model: nn.Module,
     schedule: NoiseSchedule,
@@ -176,20 +206,12 @@ def training_step(
     mask: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One masked-diffusion training loss (no backward, no optimiser step: the caller owns those).
-
-    Draws ``t ~ U{0..T-1}`` and ``eps ~ N(0, I)``, builds ``x_t`` with eq. 1, predicts the noise with
-    ``model(x_t, t, mask)`` and returns the loss of eq. 3 (``masked_noise_loss``). Wrap the call in
-    ``torch.autocast`` for mixed precision; the loss itself is computed in float32.
+    """``masked_diffusion_loss`` with ``t ~ U{0..T-1}`` and ``eps ~ N(0, I)`` drawn here (Ho et al. 2020,
+    Algorithm 1). No backward, no optimiser step: the caller owns those.
 
     Args:
-        model: a ``MaskedDiffusionUNet`` (or any callable ``(x_t, t, mask) -> eps``).
-        x0: clean image crops (B, 1, z, y, x), float32, on the model's device.
-        mask: tumour masks (B, 1, z, y, x), boolean or {0, 1}.
         generator: optional ``torch.Generator`` on ``x0``'s device, for reproducible t and noise.
     """
     t = sample_timesteps(x0.shape[0], schedule.num_train_timesteps, x0.device, generator)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample_masked(schedule, x0, mask, t, noise)  # eq. 1
-    eps_pred = model(x_t, t, mask)
-    return masked_noise_loss(eps_pred, noise, mask)  # eq. 3
+    return masked_diffusion_loss(model, schedule, x0, mask, t, noise)

@@ -1,6 +1,9 @@
-"""Training of the diffusion model on the tumours of a fold (seed 000 sections 2.2.2 and 2.3).
+"""Training of the diffusion model on the tumours of a fold (Quinton et al. 2026, sections 2.2.2 and 2.3).
 
-``train_ddpm(TrainingSettings(...))`` is what ``tumorsynth_pretrain_ddpm`` runs:
+``train_ddpm(TrainingSettings(...))`` is what ``tumorsynth_pretrain_ddpm`` runs. It builds (or restores) the
+model and hands it to a ``DDPMTrainer``, shaped like nnU-Net's trainer: ``run_training`` calls
+``on_train_start``, then per epoch ``train_epoch`` (``train_step`` per batch), ``validation`` and
+``on_epoch_end`` (checkpoints, log, progress.png), then ``on_train_end``; resuming is ``load_checkpoint``.
 
 - data: crops around the tumour components of the fold's training cases (``data.py``), a held-out fraction
   of the components for the validation loss;
@@ -34,7 +37,6 @@ summed over ranks.
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import math
 import os
@@ -49,6 +51,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nnunetv2_tumorsynth.files import atomic_path
+from nnunetv2_tumorsynth.log import Logger, timestamped_log_path
 from nnunetv2_tumorsynth.nnunet import ddpm_output_folder
 
 from .checkpoint import check_compatible, cpu_state_dict, make_metadata, read_checkpoint, save_checkpoint
@@ -65,7 +69,7 @@ from .data import (
     split_components,
 )
 from .network import PRESETS, MaskedDiffusionUNet, build_model
-from .schedule import NoiseSchedule, masked_noise_loss, q_sample_masked
+from .schedule import NoiseSchedule, masked_diffusion_loss
 
 VAL_TIMESTEPS = 4  # validation timesteps per crop: the centres of 4 equal bins of [0, T)
 PARAMS_DIGEST_ENV = "TUMORSYNTH_DDPM_PARAMS_DIGEST_DIR"  # testing: each rank writes a hash of its weights here
@@ -140,25 +144,6 @@ def params_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-class Logger:
-    """Writes timestamped lines to the log file and the console (rank 0 only; other ranks are silent)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.console = True
-
-    def __call__(self, message: str) -> None:
-        if self.path is None:
-            return
-        line = f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-        if self.console:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stdout)
-
-
 def ema_update(ema: nn.Module, model: nn.Module, decay: float, num_updates: int) -> None:
     """One EMA step after ``num_updates`` earlier ones: ema = d * ema + (1 - d) * model, with the warm-up
     d = min(decay, (1 + n) / (10 + n)) so that early averages are not dominated by the initial weights.
@@ -169,21 +154,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, num_updates: int)
             e.lerp_(p.detach(), 1.0 - d)
         for e, b in zip(ema.buffers(), model.buffers()):
             e.copy_(b)
-
-
-def masked_diffusion_loss(
-    model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-    noise: torch.Tensor, autocast: bool,
-) -> torch.Tensor:
-    """Eq. 1 then eq. 3 for given timesteps ``t`` (B,) and noise (B, 1, z, y, x) (``schedule.training_step``
-    draws them itself; here they come from per-crop seeds, see the module docstring)."""
-    x_t = q_sample_masked(schedule, x0, mask, t, noise)  # eq. 1
-    if autocast:
-        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16):
-            eps_pred = model(x_t, t, mask)
-    else:
-        eps_pred = model(x_t, t, mask)
-    return masked_noise_loss(eps_pred, noise, mask)  # eq. 3
 
 
 def write_progress_png(path: str, train_losses: Sequence[float], val_losses: Sequence[float | None],
@@ -207,11 +177,9 @@ def write_progress_png(path: str, train_losses: Sequence[float], val_losses: Seq
     ax_time.set_xlabel("epoch")
     ax_time.set_ylabel("epoch time (s)")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -336,66 +304,59 @@ def _check_resume(meta: dict[str, Any], data: _Data, settings: TrainingSettings,
         raise ValueError(f"Cannot resume from {path}: " + "; ".join(problems))
 
 
-def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
-    """Train (or resume) the diffusion model; see the module docstring. Returns a summary dict."""
-    rank, local_rank, world = _distributed()
+def _check_settings(settings: TrainingSettings) -> None:
     if settings.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {settings.batch_size}")
     if not 0.0 <= settings.ema_decay < 1.0:
         raise ValueError(f"--ema-decay must be in [0, 1), got {settings.ema_decay}")
     if settings.preset is not None and settings.preset not in PRESETS:
         raise ValueError(f"unknown DDPM preset {settings.preset!r}; choose one of {sorted(PRESETS)}")
+
+
+def _checkpoint_to_resume(settings: TrainingSettings, out: str) -> dict[str, Any] | None:
+    """``checkpoint_latest.pth`` read for ``--c``; None for a new run. Refuses to replace an existing model
+    without ``--overwrite``, and a different ``--preset`` on resume (checked before the model is built)."""
+    latest_path, best_path = os.path.join(out, CHECKPOINT_LATEST), os.path.join(out, CHECKPOINT_BEST)
+    if not settings.resume:
+        if (os.path.exists(latest_path) or os.path.exists(best_path)) and not settings.overwrite:
+            raise FileExistsError(
+                f"{out} already holds a diffusion model checkpoint. Continue its training with --c, "
+                f"or start over with --overwrite (replaces it)."
+            )
+        return None
+    if not os.path.isfile(latest_path):
+        raise FileNotFoundError(f"--c: there is no {CHECKPOINT_LATEST} in {out} to continue from; start without --c")
+    payload = read_checkpoint(latest_path, map_location="cpu")
+    if settings.preset is not None and settings.preset != payload["metadata"]["preset"]:
+        raise ValueError(f"Cannot resume from {latest_path}: preset {payload['metadata']['preset']!r} in the "
+                         f"checkpoint, {settings.preset!r} now (leave out --preset with --c)")
+    return payload
+
+
+def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
+    """Train (or resume) the diffusion model; see the module docstring. Returns a summary dict."""
+    rank, local_rank, world = _distributed()
+    _check_settings(settings)
     device = _pick_device(settings.device, local_rank)
 
     # where the output goes, and whether we may write there: decided before any heavy work
     first = open_source(settings.datasets[0], settings.plans_identifier, settings.configuration, settings.fold,
                         settings.channel, settings.organ_label, settings.tumour_label)
     out = ddpm_output_folder(first.name, settings.plans_identifier, settings.configuration, settings.fold)
-    latest_path, best_path = os.path.join(out, CHECKPOINT_LATEST), os.path.join(out, CHECKPOINT_BEST)
-    payload = None
-    if settings.resume:
-        if not os.path.isfile(latest_path):
-            raise FileNotFoundError(
-                f"--c: there is no {CHECKPOINT_LATEST} in {out} to continue from; start without --c"
-            )
-        payload = read_checkpoint(latest_path, map_location="cpu")
-        if settings.preset is not None and settings.preset != payload["metadata"]["preset"]:  # before building it
-            raise ValueError(f"Cannot resume from {latest_path}: preset {payload['metadata']['preset']!r} in the "
-                             f"checkpoint, {settings.preset!r} now (leave out --preset with --c)")
-    elif (os.path.exists(latest_path) or os.path.exists(best_path)) and not settings.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a diffusion model checkpoint. Continue its training with --c, "
-            f"or start over with --overwrite (replaces it)."
-        )
+    payload = _checkpoint_to_resume(settings, out)
     preset = settings.preset or (payload["metadata"]["preset"] if payload else "paper")
 
     torch.manual_seed(settings.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    if payload is not None:
+    if payload is None:
+        model = build_model(preset)
+    else:  # the checkpoint's architecture and schedule
         meta = payload["metadata"]
         model = build_model(preset, mask_channel=bool(meta["mask_channel"]),
                             schedule=NoiseSchedule.from_metadata(meta["schedule"]))
-    else:
-        model = build_model(preset)
     data = _prepare_data(settings, preset, model.size_divisor)
+    trainer = DDPMTrainer(settings, preset, model, data, out, device, rank, world)
     if payload is not None:
-        _check_resume(payload["metadata"], data, settings, latest_path)  # also: same EMA decay
-        # with an EMA, state_dict holds the average and the trained weights are kept beside it
-        model.load_state_dict((payload["extra_state"] or {}).get("trained_state_dict", payload["state_dict"]))
-    ema = copy.deepcopy(model) if settings.ema_decay > 0 else None
-    if ema is not None and payload is not None:
-        ema.load_state_dict(payload["state_dict"])
-    model.to(device)
-    if ema is not None:
-        ema.to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    state = {"epoch": 0, "best_val_loss": None, "train_losses": [], "val_losses": [], "epoch_seconds": [],
-             "ema_updates": 0}
-    if payload is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-        extra = payload["extra_state"] or {}
-        state.update({k: extra[k] for k in state if k in extra})
-        state["epoch"] = int(payload["metadata"]["training"]["epoch"])
-        state["best_val_loss"] = payload["metadata"]["training"]["best_val_loss"]
+        trainer.load_checkpoint(payload, os.path.join(out, CHECKPOINT_LATEST))
 
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -403,159 +364,234 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     try:
-        return _run(settings, preset, model, ema, optimizer, state, data, out, device, rank, world)
+        return trainer.run_training()
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, ema: MaskedDiffusionUNet | None,
-         optimizer: torch.optim.Optimizer, state: dict[str, Any], data: _Data, out: str, device: torch.device,
-         rank: int, world: int) -> dict[str, Any]:
-    schedule = model.schedule
-    T = schedule.num_train_timesteps
-    autocast = device.type == "cuda"
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+class DDPMTrainer:
+    """Trains one diffusion model; the shape of nnU-Net's ``nnUNetTrainer.run_training``.
 
-    log = Logger(None)
-    if rank == 0:
-        os.makedirs(out, exist_ok=True)
-        log = Logger(os.path.join(out, f"training_log_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}.txt"))
-    spacing = data.sources[0].spacing
-    crop_mm = [c * s for c, s in zip(data.crop_size, spacing)]
-    records = _dataset_records(data, settings)
-    log(f"tumorsynth_pretrain_ddpm: preset {preset!r}, output {out}")
-    log(f"crop {list(data.crop_size)} voxels (z, y, x preprocessed axes) = {[round(v, 1) for v in crop_mm]} mm "
-        f"at spacing {list(spacing)} mm; image padded with {PAD_VALUE}, mask with 0")
-    for r in records:
-        log(f"{r['name']} fold {r['fold']}: {r['num_training_cases']} training cases "
-            f"({r['num_cases_with_tumours']} with tumours), {r['num_components']} tumour components "
-            f"({r['num_components_larger_than_crop']} larger than the crop: trained on their part inside it), "
-            f"normalisation {r['normalisation']}; validation-fold cases not used: {r['excluded_validation_cases']}")
-        log(f"training cases used: {r['training_cases']}")
-        log(f"held-out components (validation loss): {r['val_components']}")
-    log(f"augmentation: quarter turns in planes {rotation_planes(spacing)} (equal spacing), flips on all axes")
-    iters_per_epoch = math.ceil(len(data.train) / (settings.batch_size * world))
-    log(f"{len(data.train)} training / {len(data.val)} validation crops; batch {settings.batch_size} x {world} "
-        f"process(es); {iters_per_epoch} iterations per epoch; AdamW lr {settings.lr} wd {settings.weight_decay}; "
-        f"device {device}{' (bf16 autocast)' if autocast else ''}; seed {settings.seed}; "
-        f"{f'EMA of the weights, decay {settings.ema_decay}' if ema is not None else 'no EMA'}")
-    for line in settings.extra_log:
-        log(line)
+    Args:
+        model: the network to train (on the CPU; moved to ``device`` here).
+        data: training and validation tumour components and the crop size.
+        out: output folder (checkpoints, log, progress.png); written by rank 0 only.
+    """
 
-    train_crops = TumourCrops(data.sources, data.train, data.crop_size, augment=True)
-    val_crops = TumourCrops(data.sources, data.val, data.crop_size, augment=False)
-    val_items = validation_items(val_crops, settings.seed, T)[rank::world]
-    start_epoch = state["epoch"]
-    if start_epoch > 0:
-        log(f"resuming after epoch {start_epoch} (best val loss {state['best_val_loss']})")
-    if start_epoch >= settings.epochs:
-        log(f"nothing to do: {start_epoch} epochs done, --epochs {settings.epochs}")
+    def __init__(self, settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, data: _Data, out: str,
+                 device: torch.device, rank: int = 0, world: int = 1) -> None:
+        self.settings, self.preset, self.data, self.out = settings, preset, data, out
+        self.device, self.rank, self.world = device, rank, world
+        self.model = model
+        # with an EMA the checkpoints hold the average, which is what sampling uses and validation measures
+        self.ema = copy.deepcopy(model) if settings.ema_decay > 0 else None
+        self.model.to(device)
+        if self.ema is not None:
+            self.ema.to(device).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.state: dict[str, Any] = {"epoch": 0, "best_val_loss": None, "train_losses": [], "val_losses": [],
+                                      "epoch_seconds": [], "ema_updates": 0}
+        self.schedule = model.schedule
+        self.autocast = device.type == "cuda"
+        self.iterations_per_epoch = math.ceil(len(data.train) / (settings.batch_size * world))
+        self.log = Logger(None, enabled=False)
+        self.train_seconds, self.iterations = 0.0, 0
+        self._png_written = -math.inf
 
-    from tqdm import tqdm
+    @property
+    def evaluated(self) -> MaskedDiffusionUNet:
+        """The weights that are validated and saved: the EMA if there is one."""
+        return self.ema if self.ema is not None else self.model
 
-    bar = tqdm(total=settings.epochs * iters_per_epoch, initial=start_epoch * iters_per_epoch, unit="it",
-               disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
-    train_seconds, iterations = 0.0, 0
-    png_written = -math.inf
-    for epoch in range(start_epoch, settings.epochs):
-        t_epoch = time.perf_counter()
-        net.train()
-        order = epoch_order(len(data.train), epoch, settings.seed, settings.batch_size * world)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        t_train = time.perf_counter()
-        for it in range(iters_per_epoch):
-            first = it * settings.batch_size * world + rank * settings.batch_size
-            x0, mask, t, noise = training_batch(train_crops, order, range(first, first + settings.batch_size),
-                                                epoch, settings.seed, T)
-            x0, mask, t, noise = x0.to(device), mask.to(device), t.to(device), noise.to(device)
-            loss = masked_diffusion_loss(net, schedule, x0, mask, t, noise, autocast)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema_update(ema, model, settings.ema_decay, state["ema_updates"])
-                state["ema_updates"] += 1
-            loss_sum += loss.detach().double()
+    # ------------------------------------------------------------------------------------------ resume
+    def load_checkpoint(self, payload: dict[str, Any], path: str) -> None:
+        """Continue from ``checkpoint_latest.pth``: weights, EMA, optimiser, epoch and loss history."""
+        _check_resume(payload["metadata"], self.data, self.settings, path)  # also: the same EMA decay
+        extra = payload["extra_state"] or {}
+        # with an EMA, state_dict holds the average and the trained weights are kept beside it
+        self.model.load_state_dict(extra.get("trained_state_dict", payload["state_dict"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state.update({k: extra[k] for k in self.state if k in extra})
+        self.state["epoch"] = int(payload["metadata"]["training"]["epoch"])
+        self.state["best_val_loss"] = payload["metadata"]["training"]["best_val_loss"]
+
+    # ------------------------------------------------------------------------------------------- start
+    def on_train_start(self) -> None:
+        settings, data = self.settings, self.data
+        if self.world > 1:
+            self.net: nn.Module = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        else:
+            self.net = self.model
+        if self.rank == 0:
+            os.makedirs(self.out, exist_ok=True)
+            self.log = Logger(timestamped_log_path(self.out, "training_log"))
+        self.records = _dataset_records(data, settings)
+        spacing = data.sources[0].spacing
+        crop_mm = [c * s for c, s in zip(data.crop_size, spacing)]
+        log = self.log
+        log(f"tumorsynth_pretrain_ddpm: preset {self.preset!r}, output {self.out}")
+        log(f"crop {list(data.crop_size)} voxels (z, y, x preprocessed axes) = {[round(v, 1) for v in crop_mm]} mm "
+            f"at spacing {list(spacing)} mm; image padded with {PAD_VALUE}, mask with 0")
+        for r in self.records:
+            log(f"{r['name']} fold {r['fold']}: {r['num_training_cases']} training cases "
+                f"({r['num_cases_with_tumours']} with tumours), {r['num_components']} tumour components "
+                f"({r['num_components_larger_than_crop']} larger than the crop: trained on their part inside it), "
+                f"normalisation {r['normalisation']}; validation-fold cases not used: "
+                f"{r['excluded_validation_cases']}")
+            log(f"training cases used: {r['training_cases']}")
+            log(f"held-out components (validation loss): {r['val_components']}")
+        log(f"augmentation: quarter turns in planes {rotation_planes(spacing)} (equal spacing), flips on all axes")
+        log(f"{len(data.train)} training / {len(data.val)} validation crops; batch {settings.batch_size} x "
+            f"{self.world} process(es); {self.iterations_per_epoch} iterations per epoch; AdamW lr {settings.lr} "
+            f"wd {settings.weight_decay}; device {self.device}{' (bf16 autocast)' if self.autocast else ''}; "
+            f"seed {settings.seed}; "
+            f"{f'EMA of the weights, decay {settings.ema_decay}' if self.ema is not None else 'no EMA'}")
+        for line in settings.extra_log:
+            log(line)
+        T = self.schedule.num_train_timesteps
+        self.train_crops = TumourCrops(data.sources, data.train, data.crop_size, augment=True)
+        self.val_crops = TumourCrops(data.sources, data.val, data.crop_size, augment=False)
+        self.val_items = validation_items(self.val_crops, settings.seed, T)[self.rank::self.world]
+        start_epoch = self.state["epoch"]
+        if start_epoch > 0:
+            log(f"resuming after epoch {start_epoch} (best val loss {self.state['best_val_loss']})")
+        if start_epoch >= settings.epochs:
+            log(f"nothing to do: {start_epoch} epochs done, --epochs {settings.epochs}")
+
+    # ---------------------------------------------------------------------------------------- training
+    def train_step(self, epoch: int, order: list[int], iteration: int) -> torch.Tensor:
+        """One optimiser step on this rank's slice of the global batch; returns the detached loss."""
+        settings = self.settings
+        first = iteration * settings.batch_size * self.world + self.rank * settings.batch_size
+        x0, mask, t, noise = training_batch(self.train_crops, order, range(first, first + settings.batch_size),
+                                            epoch, settings.seed, self.schedule.num_train_timesteps)
+        x0, mask, t, noise = x0.to(self.device), mask.to(self.device), t.to(self.device), noise.to(self.device)
+        loss = masked_diffusion_loss(self.net, self.schedule, x0, mask, t, noise, self.autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.model, settings.ema_decay, self.state["ema_updates"])
+            self.state["ema_updates"] += 1
+        return loss.detach()
+
+    def train_epoch(self, epoch: int, bar) -> torch.Tensor:
+        """All iterations of one epoch; returns this rank's summed loss."""
+        self.net.train()
+        order = epoch_order(len(self.data.train), epoch, self.settings.seed, self.settings.batch_size * self.world)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        start = time.perf_counter()
+        for iteration in range(self.iterations_per_epoch):
+            loss_sum += self.train_step(epoch, order, iteration).double()
             bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - t_train
-        iterations += iters_per_epoch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - start
+        self.iterations += self.iterations_per_epoch
+        return loss_sum
 
-        # validation: fixed timesteps and noise per held-out crop, on the weights that get saved
-        net.eval()
-        evaluated = ema if ema is not None else model
-        val_sum = torch.zeros((), dtype=torch.float64, device=device)
+    def validation(self) -> torch.Tensor:
+        """Summed loss of this rank's held-out items (fixed timesteps and noise) on the weights that get saved."""
+        self.net.eval()
+        batch_size = self.settings.batch_size
+        val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
-            for start in range(0, len(val_items), settings.batch_size):
-                chunk = val_items[start:start + settings.batch_size]
-                crops = [val_crops.get(j) for j, _, _ in chunk]
-                x0 = torch.stack([torch.from_numpy(c[0])[None] for c in crops]).to(device)
-                mask = torch.stack([torch.from_numpy(c[1])[None] for c in crops]).to(device)
-                t = torch.tensor([tt for _, tt, _ in chunk], dtype=torch.long, device=device)
-                noise = torch.stack([n for _, _, n in chunk]).to(device)
-                # masked_noise_loss averages over the chunk: weight it by the chunk size
-                loss = masked_diffusion_loss(evaluated, schedule, x0, mask, t, noise, autocast)
-                val_sum += loss.double() * len(chunk)
-        sums = torch.stack([loss_sum, val_sum])
-        if world > 1:
-            dist.all_reduce(sums)
-        train_loss = float(sums[0]) / (iters_per_epoch * world)
-        n_val_items = len(data.val) * VAL_TIMESTEPS
-        val_loss = float(sums[1]) / n_val_items if n_val_items else None
+            for start in range(0, len(self.val_items), batch_size):
+                chunk = self.val_items[start:start + batch_size]
+                crops = [self.val_crops.get(j) for j, _, _ in chunk]
+                x0 = torch.stack([torch.from_numpy(c[0])[None] for c in crops]).to(self.device)
+                mask = torch.stack([torch.from_numpy(c[1])[None] for c in crops]).to(self.device)
+                t = torch.tensor([tt for _, tt, _ in chunk], dtype=torch.long, device=self.device)
+                noise = torch.stack([n for _, _, n in chunk]).to(self.device)
+                loss = masked_diffusion_loss(self.evaluated, self.schedule, x0, mask, t, noise, self.autocast)
+                val_sum += loss.double() * len(chunk)  # the loss averages over the chunk: weight by its size
+        return val_sum
 
+    def on_epoch_end(self, epoch: int, loss_sum: torch.Tensor, val_sum: torch.Tensor, seconds: float, bar) -> None:
+        """Losses summed over ranks, the best score, checkpoints, progress.png and the log line (rank 0)."""
+        sums = torch.stack([loss_sum, val_sum])
+        if self.world > 1:
+            dist.all_reduce(sums)
+        state = self.state
+        train_loss = float(sums[0]) / (self.iterations_per_epoch * self.world)
+        n_val_items = len(self.data.val) * VAL_TIMESTEPS
+        val_loss = float(sums[1]) / n_val_items if n_val_items else None
         state["epoch"] = epoch + 1
         state["train_losses"].append(train_loss)
         state["val_losses"].append(val_loss)
-        state["epoch_seconds"].append(time.perf_counter() - t_epoch)
+        state["epoch_seconds"].append(seconds)
         # without held-out crops the training loss selects the best checkpoint
         score = val_loss if val_loss is not None else train_loss
         improved = state["best_val_loss"] is None or score < state["best_val_loss"]
         if improved:
             state["best_val_loss"] = score
-        if rank == 0:
-            meta = _metadata(model, data, records, settings, preset, state, world)
-            extra = {k: state[k] for k in ("train_losses", "val_losses", "epoch_seconds", "ema_updates")}
-            if improved:
-                save_checkpoint(os.path.join(out, CHECKPOINT_BEST), evaluated, meta, optimizer, extra)
-            if ema is not None:  # the trained weights, to resume from
-                extra["trained_state_dict"] = cpu_state_dict(model)
-            save_checkpoint(os.path.join(out, CHECKPOINT_LATEST), evaluated, meta, optimizer, extra)
-            last = epoch + 1 == settings.epochs
-            if last or time.monotonic() - png_written >= PNG_INTERVAL_S:
-                write_progress_png(os.path.join(out, "progress.png"), state["train_losses"], state["val_losses"],
-                                   state["epoch_seconds"])
-                png_written = time.monotonic()
-            val_text = "n/a (no held-out crops)" if val_loss is None else f"{val_loss:.4f}"
-            log(f"epoch {epoch + 1}/{settings.epochs}: train loss {train_loss:.4f}, val loss {val_text}"
-                f"{' (new best)' if improved else ''}, {state['epoch_seconds'][-1]:.1f} s")
-            bar.set_postfix(epoch=epoch + 1, train=f"{train_loss:.4f}", val=val_text)
-    bar.close()
+        if self.rank != 0:
+            return
+        self.save_checkpoints(improved)
+        last = epoch + 1 == self.settings.epochs
+        if last or time.monotonic() - self._png_written >= PNG_INTERVAL_S:
+            write_progress_png(os.path.join(self.out, "progress.png"), state["train_losses"], state["val_losses"],
+                               state["epoch_seconds"])
+            self._png_written = time.monotonic()
+        val_text = "n/a (no held-out crops)" if val_loss is None else f"{val_loss:.4f}"
+        self.log(f"epoch {epoch + 1}/{self.settings.epochs}: train loss {train_loss:.4f}, val loss {val_text}"
+                 f"{' (new best)' if improved else ''}, {seconds:.1f} s")
+        bar.set_postfix(epoch=epoch + 1, train=f"{train_loss:.4f}", val=val_text)
 
-    speed = iterations / train_seconds if train_seconds > 0 else float("nan")
-    summary = {
-        "output_folder": out,
-        "rank": rank,
-        "epochs": state["epoch"],
-        "best_val_loss": state["best_val_loss"],
-        "iterations": iterations,
-        "train_seconds": train_seconds,
-        "iterations_per_second": speed,
-        "crop_size_vox": list(data.crop_size),
-    }
-    if iterations:
-        log(f"speed: {speed:.3f} training iterations/s ({iterations} iterations of batch {settings.batch_size} "
-            f"per process, {world} process(es), crop {list(data.crop_size)}, preset {preset!r}, device {device})")
-    log(f"done: {state['epoch']} epochs, best val loss {state['best_val_loss']}; checkpoints in {out}")
-    digest_dir = os.environ.get(PARAMS_DIGEST_ENV)
-    if digest_dir:
-        os.makedirs(digest_dir, exist_ok=True)
-        with open(os.path.join(digest_dir, f"rank{rank}.sha256"), "w") as f:
-            f.write(params_digest(model) + "\n")
-    return summary
+    def save_checkpoints(self, improved: bool) -> None:
+        """``checkpoint_best.pth`` when the score improved; ``checkpoint_latest.pth`` (with the trained weights
+        beside the EMA, to resume from) always."""
+        meta = _metadata(self.model, self.data, self.records, self.settings, self.preset, self.state, self.world)
+        extra = {k: self.state[k] for k in ("train_losses", "val_losses", "epoch_seconds", "ema_updates")}
+        if improved:
+            save_checkpoint(os.path.join(self.out, CHECKPOINT_BEST), self.evaluated, meta, self.optimizer, extra)
+        if self.ema is not None:
+            extra["trained_state_dict"] = cpu_state_dict(self.model)
+        save_checkpoint(os.path.join(self.out, CHECKPOINT_LATEST), self.evaluated, meta, self.optimizer, extra)
+
+    # --------------------------------------------------------------------------------------------- end
+    def on_train_end(self) -> dict[str, Any]:
+        settings, state = self.settings, self.state
+        speed = self.iterations / self.train_seconds if self.train_seconds > 0 else float("nan")
+        if self.iterations:
+            self.log(f"speed: {speed:.3f} training iterations/s ({self.iterations} iterations of batch "
+                     f"{settings.batch_size} per process, {self.world} process(es), crop "
+                     f"{list(self.data.crop_size)}, preset {self.preset!r}, device {self.device})")
+        self.log(f"done: {state['epoch']} epochs, best val loss {state['best_val_loss']}; checkpoints in {self.out}")
+        digest_dir = os.environ.get(PARAMS_DIGEST_ENV)  # tests: DDP ranks must end with the same weights
+        if digest_dir:
+            os.makedirs(digest_dir, exist_ok=True)
+            with open(os.path.join(digest_dir, f"rank{self.rank}.sha256"), "w") as f:
+                f.write(params_digest(self.model) + "\n")
+        return {
+            "output_folder": self.out,
+            "rank": self.rank,
+            "epochs": state["epoch"],
+            "best_val_loss": state["best_val_loss"],
+            "iterations": self.iterations,
+            "train_seconds": self.train_seconds,
+            "iterations_per_second": speed,
+            "crop_size_vox": list(self.data.crop_size),
+        }
+
+    def run_training(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        self.on_train_start()
+        per_epoch = self.iterations_per_epoch
+        bar = tqdm(total=self.settings.epochs * per_epoch, initial=self.state["epoch"] * per_epoch, unit="it",
+                   disable=self.rank != 0, file=sys.stderr, dynamic_ncols=True)
+        for epoch in range(self.state["epoch"], self.settings.epochs):
+            start = time.perf_counter()
+            loss_sum = self.train_epoch(epoch, bar)
+            val_sum = self.validation()
+            self.on_epoch_end(epoch, loss_sum, val_sum, time.perf_counter() - start, bar)
+        bar.close()
+        return self.on_train_end()
 
 
 def _metadata(model: MaskedDiffusionUNet, data: _Data, records: list[dict[str, Any]], settings: TrainingSettings,
