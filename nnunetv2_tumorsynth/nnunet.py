@@ -6,7 +6,10 @@ and file formats are known.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
+import shlex
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -190,3 +193,82 @@ class ShortSchedule:
         self.num_val_iterations_per_epoch = (val_iterations if val_iterations is not None
                                              else self.num_val_iterations_per_epoch)
         super().initialize()
+
+
+TINY_PLANS = "tumorsynthTinyPlans"
+
+
+def make_tiny_plans(
+    plans: dict,
+    configuration: str = "3d_fullres",
+    plans_name: str = TINY_PLANS,
+    features: tuple[int, ...] = (4, 8, 16),
+    patch_size: tuple[int, int, int] = (16, 32, 32),
+    batch_size: int = 2,
+) -> dict:
+    """A copy of ``plans`` holding only ``configuration``, with a 3-stage U-Net of ``features``.
+
+    Strides are (1,1,1), (1,2,2), (2,2,2) for (z, y, x), so ``patch_size`` (voxels, z y x) must be
+    divisible by (2, 4, 4).
+    """
+    if len(features) != 3:
+        raise ValueError("tiny plans use exactly 3 stages: give 3 feature counts")
+    if patch_size[0] % 2 or patch_size[1] % 4 or patch_size[2] % 4:
+        raise ValueError(f"patch size {patch_size} must be divisible by (2, 4, 4)")
+    config = copy.deepcopy(plans["configurations"][configuration])
+    arch = config["architecture"]["arch_kwargs"]
+    arch.update(
+        n_stages=3,
+        features_per_stage=list(features),
+        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        n_conv_per_stage=[1, 1, 1],
+        n_conv_per_stage_decoder=[1, 1],
+    )
+    config["patch_size"] = list(patch_size)
+    config["batch_size"] = batch_size
+    tiny = copy.deepcopy(plans)
+    tiny["plans_name"] = plans_name
+    tiny["configurations"] = {configuration: config}
+    return tiny
+
+
+def write_tiny_plans(dataset: str | int, configuration: str = "3d_fullres", source_plans: str = "nnUNetPlans",
+                     plans_name: str = TINY_PLANS, features: tuple[int, ...] = (4, 8, 16),
+                     patch_size: tuple[int, int, int] = (16, 32, 32), batch_size: int = 2,
+                     overwrite: bool = False) -> str:
+    """Write ``<plans_name>.json`` beside the dataset's ``<source_plans>.json`` (see ``make_tiny_plans``);
+    refuses to replace an existing file unless ``overwrite``. Returns its path."""
+    name = dataset_name(dataset)
+    out = os.path.join(preprocessed_folder(name), plans_name + ".json")
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    tiny = make_tiny_plans(load_plans(name, source_plans), configuration, plans_name, features, patch_size, batch_size)
+    write_json_atomic(tiny, out)
+    return out
+
+
+
+def trainers_path() -> str:
+    """Folder holding the installed trainer modules (works for regular and editable installs)."""
+    spec = importlib.util.find_spec("nnunetv2_tumorsynth_trainers")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "nnunetv2_tumorsynth_trainers is not installed. Reinstall the package: pip install nnunetv2-tumorsynth"
+        )
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
+
+
+def trainers_export_line() -> str:
+    """``export nnUNet_extTrainer=...``, keeping any folders the user already listed there."""
+    ours = trainers_path()
+    existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != ours]
+    return "export nnUNet_extTrainer=" + shlex.quote(os.pathsep.join([ours, *existing]))
+
+
+def ensure_trainers_findable() -> None:
+    """Let nnU-Net find our trainer classes in this process even if ``eval "$(tumorsynth_env)"`` was not run."""
+    ours = trainers_path()
+    listed = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if ours not in listed:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([ours, *listed])

@@ -10,9 +10,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import cli, run
 
-from nnunetv2_tumorsynth.cli.env import trainers_path
-from nnunetv2_tumorsynth.cli.tiny_plans import make_tiny_plans
-from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
+from nnunetv2_tumorsynth.nnunet import make_tiny_plans, organ_and_tumour_labels, trainers_path
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case, write_phantom_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

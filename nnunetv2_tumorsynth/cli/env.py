@@ -9,26 +9,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import shlex
 
-
-def trainers_path() -> str:
-    """Folder holding the installed trainer modules (works for regular and editable installs)."""
-    spec = importlib.util.find_spec("nnunetv2_tumorsynth_trainers")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "nnunetv2_tumorsynth_trainers is not installed. Reinstall the package: pip install nnunetv2-tumorsynth"
-        )
-    return os.path.abspath(list(spec.submodule_search_locations)[0])
-
-
-def export_line() -> str:
-    """``export nnUNet_extTrainer=...``, keeping any folders the user already listed there."""
-    ours = trainers_path()
-    existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != ours]
-    return "export nnUNet_extTrainer=" + shlex.quote(os.pathsep.join([ours, *existing]))
+from nnunetv2_tumorsynth.nnunet import trainers_export_line, trainers_path  # noqa: F401  (trainers_path: old import)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--trainers-path", action="store_true", help="print only the trainers folder")
     args = parser.parse_args(argv)
-    print(trainers_path() if args.trainers_path else export_line())
+    print(trainers_path() if args.trainers_path else trainers_export_line())
 
 
 if __name__ == "__main__":
