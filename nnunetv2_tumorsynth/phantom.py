@@ -30,7 +30,7 @@ class PhantomSettings:
     spacing: tuple[float, float, float] = (3.0, 1.5, 1.5)
     tumour_radius_mm: tuple[float, float] = (4.0, 11.0)
     max_tumours: int = 3
-    tumour_free_every: int = 4  # cases with index % n == 1 have no tumour
+    tumour_free_every: int = 4  # cases with index % n == 1 have no tumour; 0 = every case has tumours
     noise_std: float = 6.0
 
 
@@ -143,23 +143,38 @@ def write_phantom_dataset(
     seed: int = 0,
     settings: PhantomSettings = PhantomSettings(),
     overwrite: bool = False,
+    tumour_cases: int | None = None,
+    test_seed: int | None = None,
 ) -> str:
     """Write ``Dataset<id>_<name>`` (imagesTr, labelsTr, dataset.json; imagesTs/labelsTs if ``num_test``).
+
+    Scarce-tumour setting: with ``tumour_cases`` = K only the first K training cases have (annotated)
+    tumours and the others are tumour-free organs (K = 0: no tumour at all, the label-free setting of
+    Hu et al. 2023). ``test_seed`` draws the test cases from their own seed, so datasets that differ only
+    in their training cases share the same test set. Test cases follow ``settings.tumour_free_every``.
 
     Written through ``files.new_raw_dataset``: built in a temporary folder beside the target and renamed
     into place, so a crash never leaves half a dataset; an existing id is refused unless ``overwrite``.
     Returns the dataset folder.
     """
+    if tumour_cases is not None and not 0 <= tumour_cases <= num_train:
+        raise ValueError(f"tumour_cases must be in [0, {num_train}] (the number of training cases), got {tumour_cases}")
     rng = np.random.default_rng(seed)
+    test_rng = rng if test_seed is None else np.random.default_rng(test_seed)
+
+    def has_tumours(split: str, i: int) -> bool:
+        if split == "Tr" and tumour_cases is not None:
+            return i < tumour_cases
+        return settings.tumour_free_every <= 0 or i % settings.tumour_free_every != 1
+
     with new_raw_dataset(raw_folder, dataset_id, name, overwrite) as tmp:
-        for split, n in (("Tr", num_train), ("Ts", num_test)):
+        for split, n, split_rng in (("Tr", num_train, rng), ("Ts", num_test, test_rng)):
             if n == 0:
                 continue
             os.makedirs(os.path.join(tmp, f"images{split}"), exist_ok=True)
             os.makedirs(os.path.join(tmp, f"labels{split}"), exist_ok=True)
             for i in range(n):
-                with_tumours = i % settings.tumour_free_every != 1
-                image, label = make_phantom_case(rng, settings, with_tumours)
+                image, label = make_phantom_case(split_rng, settings, has_tumours(split, i))
                 case = f"phantom{split.lower()}_{i:03d}"
                 image_file = os.path.join(tmp, f"images{split}", f"{case}_0000.nii.gz")
                 sitk.WriteImage(to_sitk(image, settings.spacing), image_file)

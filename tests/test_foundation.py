@@ -134,3 +134,25 @@ def test_nnunet_predict_with_our_trainer(tiny_model, phantom_dataset, tmp_path):
         assert pred.GetSize() == ref.GetSize()
         assert np.allclose(pred.GetDirection(), ref.GetDirection())
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
+
+
+def test_phantom_scarce_tumour_setting_shares_the_test_set(tmp_path):
+    """--tumour-cases K: only the first K training cases carry tumours; --test-seed: identical test cases."""
+    settings = PhantomSettings(shape=(16, 32, 32), tumour_free_every=0)
+    scarce = write_phantom_dataset(str(tmp_path), 11, "Scarce", 3, 2, seed=1, settings=settings, tumour_cases=1,
+                                   test_seed=5)
+    full = write_phantom_dataset(str(tmp_path), 12, "Full", 3, 2, seed=1, settings=settings, tumour_cases=3,
+                                 test_seed=5)
+
+    def tumour_voxels(folder, split, case):
+        return int((sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f"labels{split}", case))) == 2).sum())
+
+    assert tumour_voxels(scarce, "Tr", "phantomtr_000.nii.gz") > 0
+    assert [tumour_voxels(scarce, "Tr", f"phantomtr_00{i}.nii.gz") for i in (1, 2)] == [0, 0]
+    assert all(tumour_voxels(full, "Tr", f"phantomtr_00{i}.nii.gz") > 0 for i in range(3))
+    for case in ("phantomts_000", "phantomts_001"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(scarce, "imagesTs", f"{case}_0000.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(full, "imagesTs", f"{case}_0000.nii.gz")))
+        assert np.array_equal(a, b) and tumour_voxels(scarce, "Ts", f"{case}.nii.gz") > 0
+    with pytest.raises(ValueError, match="tumour_cases"):
+        write_phantom_dataset(str(tmp_path), 13, "Bad", 3, 0, settings=settings, tumour_cases=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from nnunetv2.paths import nnUNet_raw
 
@@ -21,13 +22,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="volume size in voxels (default 32 64 64)")
+    parser.add_argument("--tumour-cases", type=int, default=None, metavar="K",
+                        help="scarce-tumour setting: only the first K training cases have (annotated) tumours, the "
+                        "others are tumour-free (0: no tumours at all, label-free training)")
+    parser.add_argument("--tumour-free-every", type=int, default=None, metavar="N",
+                        help="cases with index %% N == 1 have no tumour (default 4; 0: every case has tumours)")
+    parser.add_argument("--test-seed", type=int, default=None,
+                        help="seed of the test cases alone, so datasets differing only in training share a test set")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     args = parser.parse_args(argv)
     if not nnUNet_raw:
         parser.error("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
-    settings = PhantomSettings(shape=tuple(args.shape)) if args.shape else PhantomSettings()
-    folder = write_phantom_dataset(nnUNet_raw, args.d, args.name, args.n, args.n_test, args.seed, settings,
-                                   args.overwrite)
+    settings = PhantomSettings()
+    if args.shape:
+        settings = replace(settings, shape=tuple(args.shape))
+    if args.tumour_free_every is not None:
+        settings = replace(settings, tumour_free_every=args.tumour_free_every)
+    try:
+        folder = write_phantom_dataset(nnUNet_raw, args.d, args.name, args.n, args.n_test, args.seed, settings,
+                                       args.overwrite, args.tumour_cases, args.test_seed)
+    except (FileExistsError, ValueError) as e:
+        parser.error(str(e))
     print(f"wrote {folder}")
 
 
