@@ -138,7 +138,7 @@ def test_nnunet_predict_with_our_trainer(tiny_model, phantom_dataset, tmp_path):
 
 def test_phantom_scarce_tumour_setting_shares_the_test_set(tmp_path):
     """--tumour-cases K: only the first K training cases carry tumours; --test-seed: identical test cases."""
-    settings = PhantomSettings(shape=(16, 32, 32), tumour_free_every=0)
+    settings = PhantomSettings(tumour_free_every=0)
     scarce = write_phantom_dataset(str(tmp_path), 11, "Scarce", 3, 2, seed=1, settings=settings, tumour_cases=1,
                                    test_seed=5)
     full = write_phantom_dataset(str(tmp_path), 12, "Full", 3, 2, seed=1, settings=settings, tumour_cases=3,
