@@ -43,7 +43,13 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_tumorsynth.bbox import lesion_boxes, margin_in_voxels, rasterise, restrict_tumour_to_boxes, write_lld_mmri
+from nnunetv2_tumorsynth.boxes import (
+    lesion_boxes,
+    margin_in_voxels,
+    rasterise,
+    restrict_tumour_to_boxes,
+    write_lld_mmri,
+)
 
 BIN = os.path.dirname(sys.executable)
 DATASET_ID = 980

@@ -89,7 +89,7 @@ def make_lld_mmri_folder(raw: str, folder: str) -> str:
     """Box-only annotations in LLD-MMRI's layout, made from the phantom's test cases (boxes of the true tumours)."""
     import SimpleITK as sitk
 
-    from nnunetv2_tumorsynth.bbox import lesion_boxes, write_lld_mmri
+    from nnunetv2_tumorsynth.boxes import lesion_boxes, write_lld_mmri
 
     cases = {}
     for i, case in enumerate(sorted(f[: -len(".nii.gz")] for f in os.listdir(os.path.join(raw, "labelsTs")))):

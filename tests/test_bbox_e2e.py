@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from conftest import cli, run
 
-from nnunetv2_tumorsynth.bbox import Box, lesion_boxes, margin_in_voxels, rasterise, write_lld_mmri
+from nnunetv2_tumorsynth.boxes import Box, lesion_boxes, margin_in_voxels, rasterise, write_lld_mmri
 
 pytestmark = pytest.mark.e2e
 

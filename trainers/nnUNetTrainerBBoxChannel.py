@@ -1,16 +1,16 @@
-"""Box-guided nnU-Net (seed 000, section 2.1): the tumours' bounding boxes as one extra input channel.
+"""Box-guided nnU-Net (Quinton et al. 2026, section 2.1): the tumours' bounding boxes as one extra input channel.
 
 ``nnUNetv2_train 501 3d_fullres 0 -tr nnUNetTrainerBBoxChannel`` trains on an ordinary labelled
 dataset. The network gets one input channel more than the dataset has; that channel holds boxes of
 the ground-truth tumour components, drawn after augmentation (jittered, sometimes dropped). Predict
 with ``tumorsynth_pseudolabel``: ``nnUNetv2_predict`` cannot feed the box channel and says so.
-The work lives in ``nnunetv2_tumorsynth.bbox``.
+The work lives in ``nnunetv2_tumorsynth.boxes.channel``.
 """
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_tumorsynth.bbox import (
+from nnunetv2_tumorsynth.boxes import (
     BoxChannelSettings,
     BoxChannelTransform,
     add_box_channel_guard,
