@@ -8,7 +8,9 @@ preprocessed context. Each entry is one ``.npz`` file, written atomically, in
 entries with probability p *before the patch is cropped*, so nnU-Net's augmentation treats the
 synthetic tumour exactly like a real one, and they add its voxels to the case's foreground locations
 so nnU-Net's foreground oversampling can pick it. Entries are reused under different augmentations
-and replaced as training goes (``max_entries_per_case`` newest are kept).
+and replaced as training goes (``max_entries_per_case`` newest are kept). The trainer makes entries
+either at the start of every epoch or, by default, in a background thread while training runs
+(``nnunetv2_tumorsynth.background``); both call ``SynthesisBank.generate``.
 
 Arrays are in nnU-Net's preprocessed axis order: data (C, z, y, x), seg (1, z, y, x); spacing in mm
 in that order. Entry corners are voxel indices of the preprocessed case.
@@ -16,6 +18,7 @@ in that order. Entry corners are voxel indices of the preprocessed case.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
+from nnunetv2_tumorsynth.files import atomic_path
 from nnunetv2_tumorsynth.masks import random_tumour_mask
 from nnunetv2_tumorsynth.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
 
@@ -39,17 +43,26 @@ class SynthSettings:
     probability: chance that a training sample receives one synthetic tumour (the paper adds one).
     deformation / size: mask shape, see ``masks.random_tumour_mask`` ("simplex"|"elastic"|None;
         "paper"|"tiny"|"small"|"medium"|"large"|"mix").
-    texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (seed 004).
+    texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (Hu et al. 2023).
     ddpm_steps / ddpm_sampler: sampling of the diffusion model during training.
     reuse: how many training samples one entry serves on average; sets how many entries are made
         per epoch (iterations x batch size x probability / reuse).
     max_entries_per_case: newest entries kept per case; older ones are deleted.
     margin_mm: minimum distance between a synthetic tumour and existing tumours.
-    avoid_vessels: keep tumours away from bright vessel-like structures (seed 004's threshold).
+    avoid_vessels: keep tumours away from bright vessel-like structures (Hu et al. 2023's threshold).
     organ_label / tumour_label: names or values; None = found from dataset.json.
     preview_every: write a PNG preview every this many epochs (0 = never).
     dump_samples: each data-loader worker saves its first N overlays (before/after) for inspection.
     seed: base seed of the generator (None = random).
+    background: make entries in a thread of the trainer's process while training runs (True; see
+        ``nnunetv2_tumorsynth.background``), or at the start of every epoch while training waits (False;
+        fully reproducible under ``seed``). None (default): True when training on a CUDA device, False
+        otherwise (on a small CPU there is no idle core for the generator to use; see the README).
+    background_seconds: with ``background``, a budget of generator work per epoch in wall seconds
+        instead of the entry count above (None = the count).
+    background_threads: PyTorch intra-op threads of the background generator thread.
+    background_nice: added to the background generator thread's nice value on Linux (0 = none). On a
+        CPU-only machine 10 keeps the training thread's speed at the cost of slower synthesis.
     """
 
     probability: float = 0.5
@@ -67,6 +80,10 @@ class SynthSettings:
     preview_every: int = 50
     dump_samples: int = 0
     seed: int | None = None
+    background: bool | None = None
+    background_seconds: float | None = None
+    background_threads: int = 1
+    background_nice: int = 0
 
     def updated_from_json(self, path: str) -> SynthSettings:
         """A copy with the keys of the JSON file at ``path`` replaced; unknown keys are an error."""
@@ -162,7 +179,7 @@ class SynthesisBank:
                     mask = clip_to_organ(mask, organ, corner)
                     if mask.any():
                         return {"case": case, "image": image, "organ": organ, "corner": np.array(corner),
-                                "mask": mask}
+                                "mask": mask, "size": size}
         self._unusable(case, f"case {case}: organ label {self.organ_label} too small for even a "
                              f"'{SMALLER_SIZES[-1]}' tumour; skipped")
         return None
@@ -170,6 +187,45 @@ class SynthesisBank:
     def _unusable(self, case: str, message: str) -> None:
         self.unusable_cases.add(case)
         warnings.warn(message, stacklevel=3)
+
+    def make_entry(self, case: str, data: np.ndarray, seg: np.ndarray) -> dict | None:
+        """One entry for one case's arrays, returned instead of written (offline generation).
+
+        ``data`` (C, z, y, x) and ``seg`` (1, z, y, x) as nnU-Net's ``load_case`` returns them. The tumour
+        is drawn, placed and filled exactly as ``generate`` does, with ``self.rng``. Returns None if the
+        organ has no room. The dict holds ``corner`` (voxel index of the mask box's first corner),
+        ``mask`` (bool box), ``values`` (float32, the box after inpainting), ``size`` (the size preset
+        used after any fallback to smaller sizes), ``box`` (the texture's context crop) and ``preview``.
+        """
+        job = self._plan_entry(_CaseArrays(data, seg), case)
+        if job is not None:
+            self._check_fits_context(job)
+            self._fill([job])
+        return job
+
+    def fill_masks(self, case: str, data: np.ndarray, seg: np.ndarray,
+                   boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+        """Entries for given masks (e.g. real tumours to replace), no placement; filled in one batch.
+
+        ``boxes``: (corner, mask) pairs, corner the voxel index of the bool mask box's first corner in the
+        case. Returns one entry dict per box, as ``make_entry`` does (without ``size``).
+        """
+        seg0 = np.asarray(seg[0])
+        organ = (seg0 == self.organ_label) | (seg0 == self.tumour_label)
+        jobs = [{"case": case, "image": np.asarray(data[0]), "organ": organ, "corner": np.asarray(corner),
+                 "mask": np.asarray(mask, bool)} for corner, mask in boxes]
+        for job in jobs:
+            self._check_fits_context(job)
+        if jobs:
+            self._fill(jobs)
+        return jobs
+
+    def _check_fits_context(self, job: dict) -> None:
+        crop = self.texture.crop_size
+        if crop is not None and any(s > c for s, c in zip(job["mask"].shape, crop)):
+            raise ValueError(
+                f"case {job['case']}: tumour box {tuple(job['mask'].shape)} voxels is larger than the diffusion "
+                f"model's context crop {tuple(crop)}; use smaller tumours or a model trained with a larger --crop")
 
     def _context_box(self, job: dict) -> list[list[int]]:
         """Crop box (half-open, case voxels) around the tumour: the model's crop size, or a small margin."""
@@ -219,11 +275,28 @@ class SynthesisBank:
         self._counter += 1
         name = f"e{epoch:05d}_r{self.rank}_p{os.getpid()}_{self._counter:06d}.npz"
         volume_ml = float(job["mask"].sum() * np.prod(self.spacing) / 1000.0)
-        tmp = os.path.join(folder, "." + name)
-        np.savez(tmp, corner=job["corner"], mask=job["mask"], values=job["values"], before=job["before"],
-                 volume_ml=volume_ml, epoch=epoch, **{f"preview_{k}": v for k, v in job["preview"].items()})
-        os.replace(tmp, os.path.join(folder, name))
+        with atomic_path(os.path.join(folder, name)) as tmp:  # hidden temporary name, then rename
+            np.savez(tmp, corner=job["corner"], mask=job["mask"], values=job["values"], before=job["before"],
+                     volume_ml=volume_ml, epoch=epoch, **{f"preview_{k}": v for k, v in job["preview"].items()})
         return volume_ml
+
+    def remove_unfinished(self) -> int:
+        """Delete temporary entry files that an earlier process of this rank left (killed mid-write).
+
+        Finished entries are never touched. Returns the number of files removed.
+        """
+        removed = 0
+        for case in os.listdir(self.folder):
+            folder = os.path.join(self.folder, case)
+            if case.startswith(".") or not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if name.startswith(".") and name.endswith(".npz") and f"_r{self.rank}_" in name \
+                        and f"_p{os.getpid()}_" not in name:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+                        removed += 1
+        return removed
 
     def _prune(self, case: str) -> None:
         for path in entry_paths(self.folder, case)[: -self.settings.max_entries_per_case]:
@@ -231,6 +304,16 @@ class SynthesisBank:
                 os.remove(path)
             except FileNotFoundError:
                 pass
+
+
+class _CaseArrays:
+    """One case's arrays behind the ``load_case`` interface that ``SynthesisBank._plan_entry`` reads."""
+
+    def __init__(self, data: np.ndarray, seg: np.ndarray):
+        self.data, self.seg = data, seg
+
+    def load_case(self, identifier: str):
+        return self.data, self.seg, None, {}
 
 
 class OverlaidArray:
@@ -363,7 +446,8 @@ def count_uses(bank_folder: str) -> int:
 def write_preview(bank_folder: str, png_path: str, max_entries: int = 4) -> int:
     """PNG of the newest entries: axial and coronal slices before and after, with the mask outline.
 
-    Returns the number of entries shown (0 = nothing written).
+    Safe while a background generator writes and prunes entries (a pruned entry leaves its row empty).
+    Returns the number of entries listed (0 = nothing written).
     """
     import matplotlib
 
@@ -376,7 +460,12 @@ def write_preview(bank_folder: str, png_path: str, max_entries: int = 4) -> int:
         return 0
     fig, axes = plt.subplots(len(newest), 4, figsize=(12, 3 * len(newest)), squeeze=False)
     for row, path in zip(axes, newest):
-        entry = load_entry(path)
+        try:
+            entry = load_entry(path)
+        except (FileNotFoundError, OSError, ValueError):  # pruned by a generator meanwhile: leave the row empty
+            for ax in row:
+                ax.axis("off")
+            continue
         for col, (view, when) in enumerate([(v, w) for v in ("axial", "coronal") for w in ("before", "after")]):
             image = entry[f"preview_{view}_{when}"]
             vmin, vmax = np.percentile(entry[f"preview_{view}_before"], [1, 99])
@@ -386,8 +475,7 @@ def write_preview(bank_folder: str, png_path: str, max_entries: int = 4) -> int:
             row[col].set_title(f"{os.path.basename(os.path.dirname(path))} {view} {when}", fontsize=8)
             row[col].axis("off")
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return len(newest)

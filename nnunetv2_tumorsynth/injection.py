@@ -1,9 +1,21 @@
 """Glue between nnU-Net's trainer and the synthesis bank, kept out of the trainer classes.
 
 ``SyntheticTumourTraining`` holds what a SynthTumor trainer needs during training: the bank, its
-texture backend, the training cases, and per-epoch bookkeeping for the log. The trainer calls
-``start`` when nnU-Net builds its training dataset, ``before_epoch`` and ``after_epoch`` around each
-epoch; nothing here runs at inference.
+texture backend, the training cases, the background generator, and per-epoch bookkeeping for the
+log. The trainer calls ``start`` when nnU-Net builds its training dataset, ``before_epoch`` and
+``after_epoch`` around each epoch, and ``stop`` when training ends or fails; nothing here runs at
+inference.
+
+Two modes (``SynthSettings.background``; by default background on CUDA, synchronous otherwise):
+
+- background: the first epoch waits for an initial bank (one entry for every training case that has
+  none yet); from then on a ``BackgroundGenerator`` thread makes the epoch's entries while training
+  runs and the training loop never waits for synthesis.
+- synchronous: ``entries_per_epoch`` entries are made at the start of every epoch while training
+  waits; fully reproducible under ``SynthSettings.seed``.
+
+Per epoch the log reports entries made, seconds the generator was busy, and seconds the training
+loop waited for it (in the synchronous mode the two are the same).
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ import os
 from dataclasses import asdict
 
 import numpy as np
+import torch
 
+from nnunetv2_tumorsynth.background import BackgroundGenerator, GeneratorTotals
 from nnunetv2_tumorsynth.bank import (
     GenerationStats,
     SynthesisBank,
@@ -51,14 +65,22 @@ class SyntheticTumourTraining:
         self.texture = self._texture(plans_manager, configuration_manager, configuration, fold, device)
         self.bank = SynthesisBank(self.bank_folder, self.texture, settings, self.spacing, self.organ_label,
                                   self.tumour_label, rank)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.device = rank, world_size, device
+        on_cuda = torch.device(device).type == "cuda"
+        self.background = on_cuda if settings.background is None else settings.background
         self.dataset = None
         self.cases: list[str] = []
         self.entries_per_epoch = 1
+        self.generator: BackgroundGenerator | None = None
+        self._totals = GeneratorTotals()  # synchronous mode: what the epochs made so far
+        self._reported = GeneratorTotals()  # totals at the last log line
+        self._waited_this_epoch = 0.0  # seconds the training loop waited for synthesis
         self._uses_at_epoch_start = 0
-        self._epoch_stats = GenerationStats()
         log(f"synthetic tumours: settings {asdict(settings)}; organ label {self.organ_label}, tumour label "
             f"{self.tumour_label}; bank {self.bank_folder}")
+        if settings.background is None:
+            log(f"synthetic tumours: 'background' not set: {'background' if self.background else 'synchronous'} "
+                f"synthesis because the device is {'' if on_cuda else 'not '}CUDA")
 
     def _texture(self, plans_manager, configuration_manager, configuration, fold, device):
         s = self.settings
@@ -76,39 +98,104 @@ class SyntheticTumourTraining:
         return texture
 
     def start(self, dataset_tr, batch_size: int, iterations_per_epoch: int, epoch: int) -> SyntheticTumourDataset:
-        """Fill the bank for the first epoch and return the wrapped training dataset."""
+        """Make the initial bank (training waits for it) and return the wrapped training dataset."""
         self.dataset, self.cases = dataset_tr, list(dataset_tr.identifiers)
         samples = batch_size * iterations_per_epoch * self.settings.probability
         self.entries_per_epoch = max(1, math.ceil(samples / self.settings.reuse))
+        removed = self.bank.remove_unfinished()
+        if removed:
+            self.log(f"synthetic tumours: removed {removed} unfinished entry files of an interrupted run")
+        held = sum(len(entry_paths(self.bank_folder, c)) for c in self.cases)
         missing = sum(1 for c in self.cases if not entry_paths(self.bank_folder, c))
-        initial = max(self.entries_per_epoch, missing) if self.rank == 0 else self.entries_per_epoch
+        if self.background:  # one entry for every case without one; rank 0 does it for all ranks
+            initial = missing if self.rank == 0 else 0
+        else:
+            initial = max(self.entries_per_epoch, missing) if self.rank == 0 else self.entries_per_epoch
         stats = self.bank.generate(self.dataset, self.cases, initial, epoch)
-        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.seconds:.1f} s; then "
-                 f"{self.entries_per_epoch} new entries per epoch (probability {self.settings.probability}, "
-                 f"each entry reused ~{self.settings.reuse} times)")
-        self._report_skipped(stats)
-        return SyntheticTumourDataset(dataset_tr, self.bank_folder, self.settings.probability, self.tumour_label,
-                                      self.settings.dump_samples)
+        self._add(stats)
+        self._reported = self._copy_totals()
+        self._report_skipped(stats.skipped_cases)
+        s = self.settings
+        if self.background:
+            budget = f"{s.background_seconds:g} s of generator work" if s.background_seconds is not None else \
+                f"{self.entries_per_epoch} new entries"
+            how = (f"then a background generator makes {budget} per epoch while training runs "
+                   f"({s.background_threads} intra-op thread(s), nice +{s.background_nice}"
+                   f"{', own CUDA stream' if torch.device(self.device).type == 'cuda' else ''})")
+            self.generator = BackgroundGenerator(
+                self.bank, self.dataset, self.cases, self.entries_per_epoch, s.background_seconds,
+                s.background_threads, s.background_nice, self.device)
+        else:
+            how = f"then {self.entries_per_epoch} new entries at the start of every epoch (synchronous)"
+        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.seconds:.1f} s (bank held {held} "
+                 f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
+        return SyntheticTumourDataset(dataset_tr, self.bank_folder, s.probability, self.tumour_label,
+                                      s.dump_samples)
 
     def before_epoch(self, epoch: int) -> None:
+        """Synchronous: make the epoch's entries (training waits). Background: hand the generator its budget."""
         self._uses_at_epoch_start = count_uses(self.bank_folder)
-        self._epoch_stats = self.bank.generate(self.dataset, self.cases, self.entries_per_epoch, epoch)
-        self._report_skipped(self._epoch_stats)
+        if self.generator is None:
+            stats = self.bank.generate(self.dataset, self.cases, self.entries_per_epoch, epoch)
+            self._add(stats)
+            self._waited_this_epoch = stats.seconds
+            return
+        self.generator.check()
+        self._waited_this_epoch = 0.0  # the training loop never waits for the background generator
+        self.generator.new_epoch(epoch)  # the first call starts its thread
 
     def after_epoch(self, epoch: int) -> None:
-        s = self._epoch_stats
+        """Log what synthesis did since the last report; raise a background generator's error."""
+        if self.generator is not None:
+            self.generator.check()
+        now = self._copy_totals()
+        last, self._reported = self._reported, now
+        made, busy = now.made - last.made, now.busy_seconds - last.busy_seconds
+        volumes = now.volumes_ml[len(last.volumes_ml):]
+        self._report_skipped(now.skipped_cases[len(last.skipped_cases):])
         uses = count_uses(self.bank_folder) - self._uses_at_epoch_start
-        volume = f"{np.mean(s.volumes_ml):.1f} ml" if s.volumes_ml else "n/a"
+        volume = f"{np.mean(volumes):.1f} ml" if volumes else "n/a"
         held = sum(len(entry_paths(self.bank_folder, c)) for c in self.cases)
-        self.log(f"synthetic tumours: {s.made} made (mean volume {volume}) in {s.seconds:.2f} s; "
-                 f"{uses} training samples received one; bank holds {held} entries")
+        self.log(f"synthetic tumours: {made} made (mean volume {volume}); generator busy {busy:.2f} s, "
+                 f"training waited {self._waited_this_epoch:.2f} s; {uses} training samples received one; "
+                 f"bank holds {held} entries")
         every = self.settings.preview_every
         if self.rank == 0 and every and (epoch + 1) % every == 0:
             png = os.path.join(self.preview_folder, f"synthetic_tumours_epoch{epoch:04d}.png")
             if write_preview(self.bank_folder, png):
                 self.log(f"synthetic tumours: preview {png}")
 
-    def _report_skipped(self, stats: GenerationStats) -> None:
-        for case in stats.skipped_cases:
+    def stop(self) -> None:
+        """Stop the background generator and wait for it (idempotent). Called at the end of training and on
+        errors or Ctrl-C. A generator error is written to the log with its traceback; stop never raises it
+        (``after_epoch`` and ``before_epoch`` do)."""
+        generator, self.generator = self.generator, None
+        if generator is None:
+            return
+        waited = generator.stop()
+        totals = generator.totals()
+        self.log(f"synthetic tumours: background generator stopped after waiting {waited:.2f} s; it made "
+                 f"{totals.made} entries in {totals.busy_seconds:.1f} s of work")
+        if generator.error is not None:
+            self.log(f"synthetic tumours: ERROR the background generator failed in epoch {generator.error_epoch}:\n"
+                     f"{generator.error_traceback}")
+
+    def _add(self, stats: GenerationStats) -> None:
+        self._totals.made += stats.made
+        self._totals.busy_seconds += stats.seconds
+        self._totals.volumes_ml += stats.volumes_ml
+        self._totals.skipped_cases += stats.skipped_cases
+
+    def _copy_totals(self) -> GeneratorTotals:
+        """Cumulative figures of both the synchronous calls and the background generator."""
+        t = self._totals
+        if self.generator is not None:
+            g = self.generator.totals()
+            return GeneratorTotals(t.made + g.made, t.busy_seconds + g.busy_seconds, t.volumes_ml + g.volumes_ml,
+                                   t.skipped_cases + g.skipped_cases)
+        return GeneratorTotals(t.made, t.busy_seconds, list(t.volumes_ml), list(t.skipped_cases))
+
+    def _report_skipped(self, skipped_cases: list[str]) -> None:
+        for case in skipped_cases:
             self.log(f"synthetic tumours: WARNING case {case} skipped (organ label {self.organ_label} "
                      f"empty or too small for a tumour)")

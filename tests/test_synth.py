@@ -167,3 +167,16 @@ def test_preview_png(dataset, tmp_path):
     png = str(tmp_path / "preview.png")
     assert write_preview(str(tmp_path), png) == 2
     assert os.path.getsize(png) > 1000
+
+
+def test_remove_unfinished_touches_only_this_ranks_temporary_files(tmp_path):
+    bank = make_bank(tmp_path)  # rank 0
+    folder = tmp_path / "case0"
+    folder.mkdir()
+    names = [".tmp7_e00001_r0_p7_000001.npz",  # killed mid-write by an earlier process of rank 0
+             ".tmp8_e00001_r1_p8_000001.npz",  # another rank may be writing it right now
+             "e00001_r0_p7_000002.npz"]  # a finished entry
+    for name in names:
+        (folder / name).write_bytes(b"")
+    assert bank.remove_unfinished() == 1
+    assert sorted(os.listdir(folder)) == sorted(names[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -56,6 +57,8 @@ def check_synthetic_samples(folder: str, preprocessed: str) -> None:
 
 @pytest.fixture(scope="module")
 def heuristic_run(phantom_dataset, tmp_path_factory):
+    """Synchronous synthesis (the default on CPU); the resume test (fold 1) and the DDPM test (fold 2) run the
+    background generator."""
     result = train(phantom_dataset, "nnUNetTrainerSynthTumorHeuristicTiny", tmp_path_factory.mktemp("h"),
                    settings={"probability": 1.0, "dump_samples": 100})
     return result, results_folder(phantom_dataset, "nnUNetTrainerSynthTumorHeuristicTiny")
@@ -65,9 +68,13 @@ def test_heuristic_trainer_injects_synthetic_tumours(heuristic_run, phantom_data
     result, folder = heuristic_run
     log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
     assert "'probability': 1.0" in log, "settings from TUMORSYNTH_SETTINGS are recorded in the log"
-    assert "synthetic tumours: initial bank" in log
+    assert "synchronous synthesis because the device is not CUDA" in log
+    assert "synthetic tumours: initial bank" in log and "at the start of every epoch (synchronous)" in log
     assert log.count("training samples received one") == 2, "one report per epoch"
     assert "mean volume" in log and " ml)" in log
+    waits = [float(w) for w in re.findall(r"training waited ([0-9.]+) s", log)]
+    busy = [float(b) for b in re.findall(r"generator busy ([0-9.]+) s", log)]
+    assert len(waits) == 2 and waits == busy, "synchronous: training waits as long as synthesis works"
     assert glob.glob(os.path.join(folder, "synthetic_tumours_epoch*.png"))
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
     check_synthetic_samples(folder, phantom_dataset.preprocessed)
@@ -95,13 +102,15 @@ def test_predict_and_val_after_synthetic_training(heuristic_run, phantom_dataset
 
 def test_pretrained_weights_and_continue(heuristic_run, phantom_dataset, tmp_path):
     """-pretrained_weights (fold 1 starts from fold 0's network), then --c after an interruption: the resumed
-    run keeps the bank and synthesises again in its one remaining epoch."""
+    run keeps the bank, does not wait for an initial bank and synthesises in the background."""
     _, fold0 = heuristic_run
     trainer = "nnUNetTrainerSynthTumorHeuristicTiny"
     args = [cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", "1", "-p", phantom_dataset.plans,
             "-tr", trainer, "-device", "cpu"]
-    result = run([*args, "-pretrained_weights", os.path.join(fold0, "checkpoint_final.pth")],
-                 env=phantom_dataset.env)
+    settings = tmp_path / "background.json"
+    settings.write_text(json.dumps({"background": True}))
+    env = {**phantom_dataset.env, "TUMORSYNTH_SETTINGS": str(settings)}
+    result = run([*args, "-pretrained_weights", os.path.join(fold0, "checkpoint_final.pth")], env=env)
     assert "Loading pretrained weights" in result.stdout
     folder = os.path.join(os.environ["nnUNet_results"], phantom_dataset.name,
                           f"{trainer}__{phantom_dataset.plans}__3d_fullres", "fold_1")
@@ -116,14 +125,19 @@ def test_pretrained_weights_and_continue(heuristic_run, phantom_dataset, tmp_pat
     os.remove(os.path.join(folder, "checkpoint_final.pth"))
     os.remove(os.path.join(folder, "checkpoint_best.pth"))
     logs_before = set(glob.glob(os.path.join(folder, "training_log_*.txt")))
-    run([*args, "--c"], env=phantom_dataset.env)
+    run([*args, "--c"], env=env)
     new_logs = set(glob.glob(os.path.join(folder, "training_log_*.txt"))) - logs_before
     assert len(new_logs) == 1, "nnU-Net starts a new log for the continued run"
     log = open(new_logs.pop()).read()
     assert "Epoch 1" in log and "Epoch 0" not in log
     assert log.count("training samples received one") == 1
+    assert "initial bank 0 entries" in log and "background generator makes" in log, "no wait on resume"
+    assert "training waited 0.00 s" in log
+    made = int(re.search(r"background generator stopped after waiting [0-9.]+ s; it made (\d+) entries", log)[1])
     bank_after = set(glob.glob(os.path.join(folder, "synthesis_bank", "*", "*.npz")))
-    assert set(bank) < bank_after, "the bank survives --c and grows"
+    assert set(bank) <= bank_after, "the bank survives --c"
+    assert len(bank_after - set(bank)) == made, "every entry the generator made is complete in the bank"
+    assert not glob.glob(os.path.join(folder, "synthesis_bank", "*", ".*")), "no temporary file left"
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
 
 
@@ -142,11 +156,13 @@ def test_ddpm_trainer_end_to_end(phantom_dataset, tmp_path):
          "--preset", "tiny", "--epochs", "1", "--crop", "16", "32", "32", "-device", "cpu", "--overwrite"],
         env=ds.env)
     train(ds, "nnUNetTrainerSynthTumorTiny", tmp_path, fold="2",
-                   settings={"probability": 1.0, "dump_samples": 100, "ddpm_steps": 5})
+                   settings={"probability": 1.0, "dump_samples": 100, "ddpm_steps": 5, "background": True})
     folder = os.path.join(os.environ["nnUNet_results"], ds.name, f"nnUNetTrainerSynthTumorTiny__{ds.plans}__3d_fullres",
                           "fold_2")
     log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
     assert "diffusion model" in log and "preset tiny" in log and "5 DDIM steps" in log
+    assert "background generator makes" in log and log.count("training waited 0.00 s") == 2
+    assert "background generator stopped" in log and "ERROR the background generator" not in log
     split = json.load(open(os.path.join(ds.preprocessed, "splits_final.json")))[2]
     dumps = glob.glob(os.path.join(folder, "synthesis_bank", "dumps", "*.npz"))
     assert dumps

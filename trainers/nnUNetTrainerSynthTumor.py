@@ -1,7 +1,9 @@
-"""nnU-Net trainers with synthetic tumours injected on the fly (seed 000; see nnunetv2_tumorsynth.bank).
+"""nnU-Net trainers with synthetic tumours injected on the fly (Quinton et al. 2026; see nnunetv2_tumorsynth.bank).
 
 Settings are the class attribute ``synth`` (a ``SynthSettings``); variants replace a field or two.
-``$TUMORSYNTH_SETTINGS`` may name a JSON file that overrides them for an experiment.
+``$TUMORSYNTH_SETTINGS`` may name a JSON file that overrides them for an experiment. On a GPU the bank
+is filled by default by a background thread of this process (``nnunetv2_tumorsynth.background``); the
+trainer stops it at the end of training and whenever ``run_training`` ends with an exception (Ctrl-C too).
 """
 
 from dataclasses import replace
@@ -44,9 +46,21 @@ class nnUNetTrainerSynthTumor(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         self.synthesis.after_epoch(self.current_epoch)
 
+    def on_train_end(self):
+        self.synthesis.stop()  # before the final checkpoint: no entry is written after training
+        super().on_train_end()
+
+    def run_training(self):
+        # nnU-Net calls on_train_end only when training completes; errors and Ctrl-C end here
+        try:
+            super().run_training()
+        finally:
+            if self.synthesis is not None:
+                self.synthesis.stop()
+
 
 class nnUNetTrainerSynthTumorElastic(nnUNetTrainerSynthTumor):
-    """Elastic (Gaussian-noise) mask deformation instead of simplex (seed 000 A.1)."""
+    """Elastic (Gaussian-noise) mask deformation instead of simplex (Quinton et al. 2026, A.1)."""
 
     synth = replace(SynthSettings(), deformation="elastic")
 
@@ -60,13 +74,13 @@ class nnUNetTrainerSynthTumor_p075(nnUNetTrainerSynthTumor):
 
 
 class nnUNetTrainerSynthTumorSizeMix(nnUNetTrainerSynthTumor):
-    """Seed 004 Table 6 size mix (tiny 4 mm ... large 32 mm) for small-tumour detection."""
+    """Size mix of Hu et al. 2023, Table 6 (tiny 4 mm ... large 32 mm) for small-tumour detection."""
 
     synth = replace(SynthSettings(), size="mix")
 
 
 class nnUNetTrainerSynthTumorHeuristic(nnUNetTrainerSynthTumor):
-    """Seed 004's hand-made texture: no diffusion model needed."""
+    """Hand-made texture of Hu et al. 2023: no diffusion model needed."""
 
     synth = replace(SynthSettings(), texture="heuristic")
 
@@ -90,3 +104,27 @@ class nnUNetTrainerSynthTumorShort(ShortSchedule, nnUNetTrainerSynthTumor):
 
 class nnUNetTrainerSynthTumorHeuristicShort(nnUNetTrainerSynthTumorShort):
     synth = replace(SynthSettings(), texture="heuristic")
+
+
+class nnUNetTrainerSynthTumor_5epochs(ShortSchedule, nnUNetTrainerSynthTumor):
+    """5 epochs of 250 iterations (like nnU-Net's nnUNetTrainer_5epochs): the demo and quick comparisons."""
+
+    schedule = (5, None, None)
+
+
+class nnUNetTrainerSynthTumor_10epochs(ShortSchedule, nnUNetTrainerSynthTumor):
+    """10 epochs (like nnU-Net's nnUNetTrainer_10epochs): benchmarks/bench_benefit.py."""
+
+    schedule = (10, None, None)
+
+
+class nnUNetTrainerSynthTumorHeuristic_5epochs(ShortSchedule, nnUNetTrainerSynthTumorHeuristic):
+    """The heuristic texture, 5 epochs of 250 iterations."""
+
+    schedule = (5, None, None)
+
+
+class nnUNetTrainerSynthTumorHeuristic_10epochs(ShortSchedule, nnUNetTrainerSynthTumorHeuristic):
+    """The heuristic texture, 10 epochs of 250 iterations."""
+
+    schedule = (10, None, None)

@@ -1,0 +1,227 @@
+"""Benchmark: do synthetic tumours help when annotated tumours are scarce? (Quinton et al. 2026; Hu et al. 2023)
+
+Everything runs through the real commands, on phantoms, in private nnU-Net folders under ``--workdir``:
+
+1. Three phantom datasets that share one held-out test set (``--test`` cases, every one with 1-3 tumours of
+   4-11 mm radius, ``tumorsynth_make_phantom --test-seed``) and differ only in their training cases:
+   ``Scarce`` (``--train`` cases, only ``--annotated`` of them with tumours, the others tumour-free),
+   ``Full`` (every training case with tumours) and ``Free`` (no tumour at all: the label-free setting of
+   Hu et al. 2023). ``nnUNetv2_plan_and_preprocess`` and ``tumorsynth_tiny_plans`` (same plans for all).
+2. ``tumorsynth_pretrain_ddpm`` on the Scarce training tumours (tiny preset, CPU).
+3. Arms, each trained ``--runs`` times (independent runs: different random initialisation and augmentation)
+   with the same plans and the same iteration budget (``-tr ..._<E>epochs``, 250 iterations per epoch):
+
+   ========  ===========  =========================================================
+   arm       dataset      trainer
+   ========  ===========  =========================================================
+   plain     Scarce       nnUNetTrainer_<E>epochs (nnU-Net's own)
+   ddpm      Scarce       nnUNetTrainerSynthTumor_<E>epochs (the tiny DDPM of step 2)
+   heur      Scarce       nnUNetTrainerSynthTumorHeuristic_<E>epochs
+   free      Free         nnUNetTrainerSynthTumorHeuristic_<E>epochs (no real tumour)
+   full      Full         nnUNetTrainer_<E>epochs (every tumour annotated)
+   ========  ===========  =========================================================
+
+   Synthetic tumours use ``size="small"`` (Hu et al. 2023: 8 mm radius), chosen from the size of the
+   annotated training tumours (the phantom draws 4-11 mm), never from the test cases.
+4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
+   run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests).
+5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``.
+
+Run::
+
+    python benchmarks/bench_benefit.py [--workdir /tmp/bench_benefit] [--runs 3] [--epochs 10] \\
+        [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full]
+
+Measured: see the README section "Does it help?" (the figures, the command and the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+BIN = os.path.dirname(sys.executable)
+DATASETS = {"Scarce": 961, "Full": 962, "Free": 963}
+ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
+    "plain": ("Scarce", "nnUNetTrainer"),
+    "ddpm": ("Scarce", "nnUNetTrainerSynthTumor"),
+    "heur": ("Scarce", "nnUNetTrainerSynthTumorHeuristic"),
+    "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
+    "full": ("Full", "nnUNetTrainer"),
+}
+PLANS = "tumorsynthTinyPlans"
+SYNTH_SETTINGS = {"size": "small", "preview_every": 0}
+
+
+def sh(cmd: list[str], env: dict, log: str | None = None) -> float:
+    """Run a command of this environment; fail loudly with its output; return the seconds it took."""
+    print("$", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([os.path.join(BIN, cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
+    if log:
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{result.stdout}\n{result.stderr}\n")
+    if result.returncode != 0:
+        print(result.stdout[-5000:], result.stderr[-5000:], sep="\n")
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    seconds = time.perf_counter() - start
+    print(f"  {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def make_datasets(env: dict, args: argparse.Namespace, log: str) -> None:
+    for name, dataset_id in DATASETS.items():
+        annotated = {"Scarce": args.annotated, "Full": args.train, "Free": 0}[name]
+        sh(["tumorsynth_make_phantom", "-d", str(dataset_id), "--name", name, "-n", str(args.train),
+            "--n-test", str(args.test), "--tumour-cases", str(annotated), "--tumour-free-every", "0",
+            "--seed", str(args.seed), "--test-seed", str(args.seed + 1000)], env, log)
+        sh(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "--verify_dataset_integrity",
+            "-np", "2"], env, log)
+        sh(["tumorsynth_tiny_plans", "-d", str(dataset_id), "--features", *map(str, args.features),
+            "--patch", *map(str, args.patch), "--batch", str(args.batch)], env, log)
+
+
+def run_env(env: dict, workdir: str, run: int) -> dict:
+    """Each run trains into its own nnUNet_results, so runs of the same trainer do not collide."""
+    results = os.path.join(workdir, f"results_run{run}")
+    for name, dataset_id in DATASETS.items():  # the DDPM (trained once) is found by the trainers through the env
+        os.makedirs(os.path.join(results, f"Dataset{dataset_id}_{name}"), exist_ok=True)
+    return {**env, "nnUNet_results": results}
+
+
+def summarise(summary_file: str, arm: str) -> dict:
+    """The figures of one arm in one run from tumorsynth_evaluate's summary.json (arm = the prediction)."""
+    with open(summary_file) as f:
+        summary = json.load(f)
+    folder = summary["folders"][arm]
+    lesions = folder["lesions"]["2"]  # labels by value: 1 liver, 2 tumour (phantom)
+    by_size = {b["bin"]: b for b in lesions["by_size"]}
+    small = [b for name, b in by_size.items() if name.startswith("<")]
+    row = {"dice": folder["mean"]["2"]["dice"], "nsd": folder["mean"]["2"]["nsd"],
+           "sensitivity": lesions["sensitivity"], "fp_per_case": lesions["false_positives_per_case"],
+           "small_sensitivity": small[0]["sensitivity"] if small else None,
+           "small_n": small[0]["n_lesions"] if small else 0,
+           "organ_dice": folder["mean"]["1"]["dice"]}
+    for comparison in summary["comparisons"]:
+        row["p_t"] = comparison["tests"]["2"]["dice"]["t_p_value"]
+        row["p_wilcoxon"] = comparison["tests"]["2"]["dice"]["wilcoxon_p_value"]
+    return row
+
+
+def mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="/tmp/bench_benefit")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10, choices=(5, 10), help="250 iterations each")
+    parser.add_argument("--train", type=int, default=8)
+    parser.add_argument("--annotated", type=int, default=2, help="training cases with annotated tumours (Scarce)")
+    parser.add_argument("--test", type=int, default=12)
+    parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32))
+    parser.add_argument("--patch", type=int, nargs=3, default=(16, 32, 32))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--ddpm-epochs", type=int, default=300)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed (the test set uses seed + 1000)")
+    parser.add_argument("--reuse", action="store_true", help="keep an existing --workdir: skip finished steps")
+    args = parser.parse_args()
+    if "plain" not in args.arms:
+        parser.error("the plain arm is the baseline of every comparison: keep it in --arms")
+
+    work = os.path.abspath(args.workdir)
+    if os.path.exists(work) and not args.reuse:
+        shutil.rmtree(work)
+    env = os.environ.copy()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = os.path.join(work, var)
+        os.makedirs(env[var], exist_ok=True)
+    env.update(nnUNet_n_proc_DA="2", nnUNet_def_n_proc="1", nnUNet_compile="false")
+    env["nnUNet_extTrainer"] = subprocess.run([os.path.join(BIN, "tumorsynth_env"), "--trainers-path"], env=env,
+                                              capture_output=True, text=True, check=True).stdout.strip()
+    settings_file = os.path.join(work, "synth_settings.json")
+    with open(settings_file, "w") as f:
+        json.dump(SYNTH_SETTINGS, f)
+    env["TUMORSYNTH_SETTINGS"] = settings_file
+    log = os.path.join(work, "commands.log")
+    timings: dict[str, float] = {}
+    start_all = time.perf_counter()
+
+    scarce = f"Dataset{DATASETS['Scarce']}_Scarce"
+    if not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], f"Dataset{DATASETS['Free']}_Free",
+                                       f"{PLANS}.json")):
+        make_datasets(env, args, log)
+    test_images = os.path.join(env["nnUNet_raw"], scarce, "imagesTs")
+    test_labels = os.path.join(env["nnUNet_raw"], scarce, "labelsTs")
+
+    checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{PLANS}__3d_fullres", "fold_all",
+                              "checkpoint_best.pth")
+    if "ddpm" in args.arms and not os.path.isfile(checkpoint):
+        timings["ddpm_pretraining"] = sh(
+            ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p", PLANS,
+             "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--batch-size", "4", "--lr", "2e-3",
+             "--crop", "16", "32", "32", "--val-fraction", "0", "-device", "cpu", "--overwrite"], env, log)
+    env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
+
+    rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    for run in range(args.runs):
+        renv = run_env(env, work, run)
+        predictions = {}
+        for arm in args.arms:
+            dataset, trainer = ARMS[arm]
+            dataset_id = str(DATASETS[dataset])
+            trainer = f"{trainer}_{args.epochs}epochs"
+            out = os.path.join(work, "predictions", f"run{run}", arm)
+            predictions[arm] = out
+            if os.path.isdir(out) and args.reuse:
+                continue
+            timings[f"{arm}_run{run}_train"] = sh(
+                ["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-p", PLANS, "-tr", trainer, "-device", "cpu"],
+                renv, log)
+            timings[f"{arm}_run{run}_predict"] = sh(
+                ["nnUNetv2_predict", "-d", dataset_id, "-c", "3d_fullres", "-f", "all", "-p", PLANS, "-tr", trainer,
+                 "-i", test_images, "-o", out + ".partial", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps",
+                 "1"], renv, log)
+            os.replace(out + ".partial", out)
+        for arm in args.arms:
+            report = os.path.join(work, "reports", f"run{run}", arm)
+            baseline = [] if arm == "plain" else ["-baseline", predictions["plain"]]
+            sh(["tumorsynth_evaluate", "-ref", test_labels, "-pred", predictions[arm], *baseline, "-l", "liver",
+                "tumour", "--tolerance-mm", "2", "-np", "2", "-o", report, "--overwrite"], renv, log)
+            rows[arm].append(summarise(os.path.join(report, "summary.json"), arm))
+
+    total = time.perf_counter() - start_all
+    header = ("arm", "tumour Dice", "tumour NSD@2mm", "lesion sens.", "sens. <5 mm", "FP/case", "organ Dice",
+              "p (t, vs plain)", "p (Wilcoxon)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in args.arms:
+        r = rows[arm]
+        cells = [mean_std([x[key] for x in r]) for key in ("dice", "nsd", "sensitivity", "small_sensitivity",
+                                                           "fp_per_case", "organ_dice")]
+        for key in ("p_t", "p_wilcoxon"):
+            cells.append("-" if arm == "plain" else
+                         ", ".join("n/a" if x.get(key) is None else f"{x[key]:.3g}" for x in r))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"{args.runs} run(s) per arm, {args.epochs} x 250 iterations, plans {args.features} patch {args.patch}; "
+          f"test set: {args.test} cases; whole benchmark {total / 60:.1f} min")
+    with open(os.path.join(work, "benefit.json"), "w") as f:
+        json.dump({"args": vars(args), "rows": rows, "timings_s": timings, "total_s": total, "table": table}, f,
+                  indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""Realism statistics: synthetic tumours compared with the real tumours of the same dataset, feature by feature.
+
+No reader is needed: each tumour (a connected component, 26-connectivity, of the tumour mask) is reduced to
+a few numbers, the real and the synthetic distributions of each number are drawn side by side as histograms,
+and a two-sample Kolmogorov-Smirnov statistic (``scipy.stats.ks_2samp``) says how far apart they are
+(0: the same empirical distribution, 1: no overlap). The features (see :data:`FEATURES`):
+
+- ``volume_ml``: voxel count x voxel volume / 1000.
+- ``contrast_sd``: (tumour mean - organ mean) / organ SD. The organ is the organ label minus every tumour of
+  the image (optionally only the shell of organ within ``shell_mm`` of this tumour); SDs are population SDs.
+  Signed: negative for tumours darker than the organ.
+- ``heterogeneity_sd``: SD of the intensities inside the tumour / organ SD (not a coefficient of variation:
+  MR intensities have no physical zero, so a ratio to the tumour mean would not mean anything).
+- ``boundary_gradient``: mean intensity-gradient magnitude (central differences in mm, ``numpy.gradient``
+  with the spacing) over the voxels on both sides of the tumour border: tumour voxels with a non-tumour
+  6-neighbour and non-tumour voxels with a tumour 6-neighbour, keeping only voxels whose 6-neighbours all
+  lie in the organ or in tumours (so the organ's own edge against the background does not count).
+  Intensity units per mm.
+- ``boundary_gradient_sd``: the same in organ SDs per mm (comparable across intensity scales).
+- ``sphericity``: pi^(1/3) (6 V)^(2/3) / A (1 for a sphere). With scikit-image (installed with nnU-Net) the
+  surface is ``skimage.measure.marching_cubes`` at level 0.5 of the mask smoothed by a Gaussian of one voxel
+  (sigma per axis in voxels, which removes the voxel staircase) and V is the volume that mesh encloses:
+  spheres read 0.98-1.00, a 2:1 prolate spheroid 0.92 (exact 0.93); sharp corners are rounded, so a cube
+  reads about 0.92 instead of 0.81. Without scikit-image A is the count of voxel faces between tumour and
+  non-tumour (times the face areas in mm^2) and V the voxel volume; that surface overestimates a smooth one
+  by about 1.5x, so a sphere reads about 0.66: compare only values measured the same way (``sphericity_method``
+  in the report says which was used).
+
+Arrays are (z, y, x) as SimpleITK returns them (or nnU-Net's preprocessed axis order for a bank); spacing in
+mm in the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, stats
+
+from nnunetv2_tumorsynth.files import atomic_path, write_json_atomic
+
+FEATURES: dict[str, str] = {
+    "volume_ml": "volume (ml)",
+    "contrast_sd": "contrast to the organ (organ SDs)",
+    "heterogeneity_sd": "SD inside the tumour (organ SDs)",
+    "boundary_gradient": "border gradient (intensity units / mm)",
+    "boundary_gradient_sd": "border gradient (organ SDs / mm)",
+    "sphericity": "sphericity",
+}
+
+# the features that describe texture and intensity (not shape): what a --replace-real comparison is about
+TEXTURE_FEATURES = ("contrast_sd", "heterogeneity_sd", "boundary_gradient", "boundary_gradient_sd")
+
+FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+SIX_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
+
+
+def _marching_cubes():
+    """``(marching_cubes, mesh_surface_area)`` from scikit-image, or None when it is not installed."""
+    try:
+        from skimage.measure import marching_cubes, mesh_surface_area
+    except ImportError:
+        return None
+    return marching_cubes, mesh_surface_area
+
+
+def sphericity_method() -> str:
+    """Which surface the sphericity uses here: "marching_cubes" (scikit-image) or "voxel_faces"."""
+    return "marching_cubes" if _marching_cubes() is not None else "voxel_faces"
+
+
+def voxel_face_area_mm2(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Area (mm^2) of the voxel faces between ``mask`` and the rest (including the array's border)."""
+    padded = np.pad(mask.astype(np.int8), 1)
+    area = 0.0
+    voxel_volume = float(np.prod(spacing))
+    for axis in range(3):
+        faces = int(np.count_nonzero(np.diff(padded, axis=axis)))
+        area += faces * voxel_volume / float(spacing[axis])
+    return area
+
+
+def surface_and_volume(mask: np.ndarray, spacing: Sequence[float], method: str | None = None) -> tuple[float, float]:
+    """(surface area in mm^2, enclosed volume in mm^3) of a 3D mask; see the module docstring for the methods."""
+    method = method or sphericity_method()
+    spacing = tuple(float(s) for s in spacing)
+    if method == "voxel_faces":
+        return voxel_face_area_mm2(mask, spacing), float(mask.sum()) * float(np.prod(spacing))
+    if method != "marching_cubes":
+        raise ValueError(f"unknown surface method {method!r}; choose 'marching_cubes' or 'voxel_faces'")
+    functions = _marching_cubes()
+    if functions is None:
+        raise ImportError("sphericity with method 'marching_cubes' needs scikit-image (pip install scikit-image)")
+    marching_cubes, mesh_surface_area = functions
+    padded = np.pad(mask.astype(np.float32), 3)
+    smooth = ndimage.gaussian_filter(padded, 1.0)
+    field = smooth if smooth.max() > 0.5 else padded  # a tumour of a voxel or two vanishes when smoothed
+    vertices, faces, _, _ = marching_cubes(field, 0.5, spacing=spacing)
+    area = float(mesh_surface_area(vertices, faces))
+    triangles = vertices[faces]
+    volume = abs(float(np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2])).sum()) / 6)
+    return area, volume
+
+
+def sphericity(mask: np.ndarray, spacing: Sequence[float], method: str | None = None) -> float:
+    """pi^(1/3) (6 V)^(2/3) / A of a 3D mask (1 for a sphere); NaN for an empty mask."""
+    if not mask.any():
+        return math.nan
+    area, volume = surface_and_volume(mask, spacing, method)
+    return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area) if area > 0 else math.nan
+
+
+def boundary_band(tumour: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Voxels on both sides of the tumour border whose 6-neighbours all lie in ``allowed`` (see module doc)."""
+    inner = tumour & ~ndimage.binary_erosion(tumour, SIX_CONNECTIVITY, border_value=0)
+    outer = ndimage.binary_dilation(tumour, SIX_CONNECTIVITY) & ~tumour
+    return (inner | outer) & ndimage.binary_erosion(allowed, SIX_CONNECTIVITY, border_value=0)
+
+
+def boundary_gradient(image: np.ndarray, tumour: np.ndarray, allowed: np.ndarray, spacing: Sequence[float]) -> float:
+    """Mean gradient magnitude (intensity units per mm) over :func:`boundary_band`; NaN when the band is empty."""
+    band = boundary_band(tumour, allowed | tumour)
+    if not band.any():
+        return math.nan
+    gradients = np.gradient(image.astype(np.float64), *[float(s) for s in spacing])
+    magnitude = np.sqrt(sum(g**2 for g in gradients))
+    return float(magnitude[band].mean())
+
+
+def _crop_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    where = np.argwhere(mask)
+    lo = np.maximum(where.min(0) - np.asarray(margin), 0)
+    hi = np.minimum(where.max(0) + 1 + np.asarray(margin), mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def tumour_features(image: np.ndarray, tumour: np.ndarray, organ: np.ndarray, spacing: Sequence[float],
+                    other_tumours: np.ndarray | None = None, shell_mm: float | None = None,
+                    organ_stats: tuple[float, float] | None = None, method: str | None = None) -> dict[str, float]:
+    """The features of :data:`FEATURES` for one tumour.
+
+    image: intensities (z, y, x). tumour: this tumour's voxels (bool, same shape). organ: the organ's voxels
+    without tumours (bool). other_tumours: the image's other tumour voxels (kept out of the organ reference).
+    spacing: mm per voxel, same axis order. shell_mm: organ reference = organ voxels within this distance of
+    the tumour (None: the whole organ). organ_stats: precomputed (mean, SD) of the whole-organ reference (only
+    used when ``shell_mm`` is None; saves recomputing it for each tumour of an image).
+    """
+    spacing = tuple(float(s) for s in spacing)
+    tumour = tumour.astype(bool)
+    all_tumours = tumour if other_tumours is None else (tumour | other_tumours.astype(bool))
+    reference_organ = organ.astype(bool) & ~all_tumours
+    margin_mm = max(shell_mm or 0.0, 3 * max(spacing))
+    box = _crop_box(tumour, [int(math.ceil(margin_mm / s)) + 2 for s in spacing])
+    t, img, org, every = tumour[box], image[box].astype(np.float64), reference_organ[box], all_tumours[box]
+
+    if shell_mm is not None:
+        distance = ndimage.distance_transform_edt(~t, sampling=spacing)
+        values = img[org & (distance <= shell_mm)]
+        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    elif organ_stats is not None:
+        mean, sd = organ_stats
+    else:
+        values = image[reference_organ]
+        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    inside = img[t]
+    sd_ok = sd > 0 and not math.isnan(sd)
+    gradient = boundary_gradient(img, t, org | every, spacing)
+    return {
+        "volume_ml": float(t.sum() * np.prod(spacing) / 1000.0),
+        "contrast_sd": (float(inside.mean()) - mean) / sd if sd_ok else math.nan,
+        "heterogeneity_sd": float(inside.std()) / sd if sd_ok else math.nan,
+        "boundary_gradient": gradient,
+        "boundary_gradient_sd": gradient / sd if sd_ok else math.nan,
+        "sphericity": sphericity(t, spacing, method),
+        "organ_mean": mean,
+        "organ_sd": sd,
+    }
+
+
+def tumour_components(tumours: np.ndarray) -> list[np.ndarray]:
+    """Connected components (26-connectivity) of a tumour mask, largest first, each a bool array."""
+    labelled, n = ndimage.label(tumours, structure=FULL_CONNECTIVITY)
+    if n == 0:
+        return []
+    sizes = np.bincount(labelled.ravel())[1:]
+    return [labelled == (i + 1) for i in np.argsort(-sizes, kind="stable")]
+
+
+def image_features(image: np.ndarray, label: np.ndarray, organ_label: int, tumour_label: int,
+                   spacing: Sequence[float], tumours: Iterable[np.ndarray] | None = None,
+                   shell_mm: float | None = None) -> list[dict[str, float]]:
+    """Features of each tumour of one image (components of ``label == tumour_label``, or the masks given)."""
+    every = label == tumour_label
+    organ = (label == organ_label) & ~every
+    values = image[organ].astype(np.float64)
+    organ_stats = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    masks = tumour_components(every) if tumours is None else list(tumours)
+    rows = []
+    for mask in masks:
+        rows.append(tumour_features(image, mask, organ, spacing, other_tumours=every & ~mask, shell_mm=shell_mm,
+                                    organ_stats=organ_stats))
+    return rows
+
+
+@dataclass
+class FeatureComparison:
+    """One feature: sample sizes, medians, quartiles and the two-sample KS test (NaN values dropped)."""
+
+    feature: str
+    n_real: int
+    n_synthetic: int
+    median_real: float
+    median_synthetic: float
+    iqr_real: tuple[float, float]
+    iqr_synthetic: tuple[float, float]
+    ks_statistic: float
+    ks_pvalue: float
+
+
+def _finite(rows: list[dict], feature: str) -> np.ndarray:
+    values = np.array([r.get(feature, math.nan) for r in rows], dtype=float)
+    return values[np.isfinite(values)]
+
+
+def compare(real: list[dict], synthetic: list[dict],
+            features: Sequence[str] = tuple(FEATURES)) -> list[FeatureComparison]:
+    """Per feature, the real and synthetic samples summarised and compared with ``scipy.stats.ks_2samp``."""
+    out = []
+    for feature in features:
+        a, b = _finite(real, feature), _finite(synthetic, feature)
+        if len(a) and len(b):
+            test = stats.ks_2samp(a, b)
+            statistic, pvalue = float(test.statistic), float(test.pvalue)
+        else:
+            statistic = pvalue = math.nan
+
+        def quartiles(v):
+            return (float(np.percentile(v, 25)), float(np.percentile(v, 75))) if len(v) else (math.nan, math.nan)
+
+        out.append(FeatureComparison(feature, len(a), len(b), float(np.median(a)) if len(a) else math.nan,
+                                     float(np.median(b)) if len(b) else math.nan, quartiles(a), quartiles(b),
+                                     statistic, pvalue))
+    return out
+
+
+def mean_ks(comparisons: list[FeatureComparison], features: Sequence[str] | None = None) -> float:
+    """Mean KS statistic over ``features`` (default all; NaNs left out): one number, lower = closer."""
+    values = [c.ks_statistic for c in comparisons
+              if (features is None or c.feature in features) and not math.isnan(c.ks_statistic)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def write_histograms(real: list[dict], synthetic: list[dict], png_path: str, title: str = "",
+                     features: Sequence[str] = tuple(FEATURES), comparisons: list[FeatureComparison] | None = None,
+                     labels: tuple[str, str] = ("real", "synthetic")) -> None:
+    """One panel per feature: the real and synthetic histograms on shared bins, densities, KS in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_feature = {c.feature: c for c in (comparisons or compare(real, synthetic, features))}
+    columns = 3
+    rows = int(math.ceil(len(features) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, feature in zip(axes.ravel(), features):
+        a, b = _finite(real, feature), _finite(synthetic, feature)
+        both = np.concatenate([a, b])
+        if both.size == 0:
+            ax.set_visible(False)
+            continue
+        lo, hi = float(both.min()), float(both.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 16)
+        width = (bins[1] - bins[0]) * 0.42
+        centres = (bins[:-1] + bins[1:]) / 2
+        for values, offset, colour, name in ((a, -width / 2, "tab:blue", labels[0]),
+                                             (b, width / 2, "tab:orange", labels[1])):
+            if values.size:
+                counts, _ = np.histogram(values, bins)
+                ax.bar(centres + offset, counts / values.size, width=width, color=colour,
+                       label=f"{name} (n={values.size})")
+        comparison = by_feature.get(feature)
+        ks = "" if comparison is None or math.isnan(comparison.ks_statistic) else \
+            f"\nKS D = {comparison.ks_statistic:.2f}, p = {comparison.ks_pvalue:.2g}"
+        ax.set_title(f"{FEATURES.get(feature, feature)}{ks}", fontsize=9)
+        ax.set_ylabel("fraction of tumours", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(features):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+
+
+def markdown_report(comparisons: list[FeatureComparison], real_name: str, synthetic_name: str,
+                    notes: Sequence[str] = ()) -> str:
+    """Markdown table of :func:`compare`'s result with the definitions of the features."""
+    lines = [f"# Realism statistics: {synthetic_name} vs {real_name}", "",
+             "| feature | n real | n synthetic | median real [IQR] | median synthetic [IQR] | KS D | p |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in comparisons:
+        lines.append(
+            f"| {FEATURES.get(c.feature, c.feature)} | {c.n_real} | {c.n_synthetic} | {_fmt(c.median_real)} "
+            f"[{_fmt(c.iqr_real[0])}, {_fmt(c.iqr_real[1])}] | {_fmt(c.median_synthetic)} "
+            f"[{_fmt(c.iqr_synthetic[0])}, {_fmt(c.iqr_synthetic[1])}] | {_fmt(c.ks_statistic, 2)} | "
+            f"{_fmt(c.ks_pvalue, 2)} |")
+    lines += ["", f"Mean KS D over the features: {_fmt(mean_ks(comparisons), 3)}; over the texture features "
+              f"({', '.join(TEXTURE_FEATURES)}): {_fmt(mean_ks(comparisons, TEXTURE_FEATURES), 3)} "
+              "(0 = same distributions; lower = closer to the real tumours).", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "Definitions: see `nnunetv2_tumorsynth.evaluation.realism` (README: tumorsynth_realism).", ""]
+    return "\n".join(lines)
+
+
+def write_rows_csv(rows: list[dict], path: str) -> None:
+    """Per-tumour features as CSV (one row per tumour; columns: the union of the keys, in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+
+def write_report(real: list[dict], synthetic: list[dict], out_folder: str, real_name: str, synthetic_name: str,
+                 notes: Sequence[str] = (), extra: dict | None = None) -> dict:
+    """realism.json, realism.md, realism_features.csv and realism_histograms.png in ``out_folder``.
+
+    ``real`` / ``synthetic``: per-tumour feature dicts (with identifying keys such as ``case``). Returns the
+    JSON content.
+    """
+    os.makedirs(out_folder, exist_ok=True)
+    comparisons = compare(real, synthetic)
+    method = sphericity_method()
+    notes = [*notes, f"sphericity surface: {method}"]
+    report = {
+        "real": real_name,
+        "synthetic": synthetic_name,
+        "n_real": len(real),
+        "n_synthetic": len(synthetic),
+        "sphericity_method": method,
+        "features": {k: v for k, v in FEATURES.items()},
+        "comparison": [c.__dict__ for c in comparisons],
+        "mean_ks_statistic": mean_ks(comparisons),
+        "mean_ks_statistic_texture": mean_ks(comparisons, TEXTURE_FEATURES),
+        "notes": list(notes),
+        **(extra or {}),
+    }
+    write_json_atomic(json_safe(report), os.path.join(out_folder, "realism.json"))
+    markdown = markdown_report(comparisons, real_name, synthetic_name, notes)
+    with atomic_path(os.path.join(out_folder, "realism.md")) as tmp, open(tmp, "w") as f:
+        f.write(markdown)
+    write_rows_csv([{"kind": "real", **r} for r in real] + [{"kind": "synthetic", **r} for r in synthetic],
+                   os.path.join(out_folder, "realism_features.csv"))
+    write_histograms(real, synthetic, os.path.join(out_folder, "realism_histograms.png"),
+                     title=f"{synthetic_name} vs {real_name}", comparisons=comparisons)
+    return report
+
+
+def json_safe(value):
+    """NaN -> None, tuples -> lists, numpy scalars -> Python (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def items_features(items: Iterable, shell_mm: float | None = None, progress: bool = False,
+                   description: str = "tumours") -> list[dict]:
+    """Features of :class:`nnunetv2_tumorsynth.preview.TumourItem` objects, one dict per tumour.
+
+    Each dict holds ``case``, ``entry``, ``source_case`` and the features. The organ reference of an image
+    (organ label minus all its tumours) is computed once per image.
+    """
+    rows = []
+    current = None  # (image array of the last item, its organ (mean, SD)); items of one image come together
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=description, unit="tumour")
+    for item in items:
+        if current is None or current[0] is not item.after:
+            values = item.after[item.organ & ~item.tumours].astype(np.float64)
+            current = (item.after, (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan))
+        features = tumour_features(item.after, item.mask, item.organ, item.spacing,
+                                   other_tumours=item.tumours & ~item.mask, shell_mm=shell_mm, organ_stats=current[1])
+        rows.append({"case": item.case, "entry": item.entry, "source_case": item.source_case, **features})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def realism(synthetic: str, out_folder: str, real: str | None = None, source: str | None = None,
+            shell_mm: float | None = None, dataset: str | None = None, configuration: str | None = None,
+            plans_identifier: str | None = None, organ_label: str | int | None = None,
+            tumour_label: str | int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Realism statistics of the synthetic tumours in ``synthetic`` against real tumours; writes the report.
+
+    synthetic: a dataset written by ``tumorsynth_generate`` (folder, id or name; its synthetic tumours are
+    found through its record, see ``preview.synthetic_components``), or a synthesis bank folder (or the
+    trainer's fold folder holding it). real: the raw dataset of the real tumours (default: the generated
+    dataset's source dataset). For a bank the real tumours are those of the preprocessed cases of the bank's
+    dataset and configuration (same intensity scale as the entries; ``real`` is not used). source: the raw
+    dataset of the source images if the record's paths moved. shell_mm: organ reference restricted to a shell
+    around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into ``out_folder``
+    (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
+    """
+    from nnunetv2_tumorsynth import preview as readers
+
+    if os.path.isfile(os.path.join(out_folder, "realism.json")) and not overwrite:
+        raise FileExistsError(f"{os.path.join(out_folder, 'realism.json')} exists; pass --overwrite or choose another "
+                              f"output folder")
+    path = synthetic if os.path.exists(synthetic) else readers.resolve_raw_dataset(synthetic)
+    kind = readers.input_kind(path)
+    notes = []
+    if kind == "bank":
+        bank = path if readers.is_bank(path) else os.path.join(path, "synthesis_bank")
+        context = readers.bank_context(bank, dataset, configuration, plans_identifier, organ_label, tumour_label)
+        synthetic_rows = items_features(readers.bank_items(bank, context), shell_mm, progress, "synthetic tumours")
+        real_rows = items_features(readers.preprocessed_real_items(context), shell_mm, progress, "real tumours")
+        real_name = f"{context.dataset} preprocessed ({context.configuration}, {context.plans_identifier})"
+        synthetic_name = f"bank {bank}"
+        notes.append("intensities are nnU-Net's normalised ones (bank entries live in the preprocessed space)")
+    elif kind == "generated":
+        images = readers.read_generation_record(path)
+        if real is None:
+            real = source or next((i.source_dataset for i in images if i.source_dataset), None)
+            if real is None:
+                raise readers.PreviewInputError(f"{path}: the record does not name the source dataset; pass --real")
+        real = readers.resolve_raw_dataset(real)
+        synthetic_rows = items_features(readers.generated_items(path, source, None, organ_label, tumour_label),
+                                        shell_mm, progress, "synthetic tumours")
+        real_rows = items_features(readers.real_items(real, None, organ_label, tumour_label), shell_mm, progress,
+                                   "real tumours")
+        modes = sorted({i.mode for i in images if not i.real})
+        real_name, synthetic_name = os.path.basename(real), os.path.basename(path)
+        if "replaced" in modes:
+            notes.append("--replace-real: synthetic tumours fill the real tumours' own masks, so volume and "
+                         "sphericity match the real ones of the replaced cases by construction; compare contrast, "
+                         "heterogeneity and border gradient")
+        textures = sorted({str(i.record.get("texture")) for i in images if not i.real})
+        notes.append(f"texture backend(s) of the synthetic tumours: {', '.join(textures)}")
+    else:
+        raise readers.PreviewInputError(f"{path} is a raw dataset without a generation record; give a dataset written "
+                                        f"by tumorsynth_generate or a synthesis bank as the synthetic input")
+    if not real_rows:
+        raise readers.PreviewInputError(f"no real tumour found in {real_name}")
+    if not synthetic_rows:
+        raise readers.PreviewInputError(f"no synthetic tumour found in {synthetic_name}")
+    notes.insert(0, "organ reference: " + ("whole organ minus tumours" if shell_mm is None else
+                                           f"organ within {shell_mm:g} mm of the tumour, minus tumours"))
+    return write_report(real_rows, synthetic_rows, out_folder, real_name, synthetic_name, notes,
+                        extra={"input_kind": kind, "shell_mm": shell_mm})
