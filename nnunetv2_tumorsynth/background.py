@@ -16,7 +16,7 @@ loop never waits for synthesis:
   thread, so the training thread keeps its own; threads created later start with the last count set)
   and, on Linux, can lower its own scheduling priority (``nice``; the nice value is per thread there).
   A niced generator leaves the CPU to training, but whenever it is descheduled while holding Python's
-  GIL the training thread waits for it, so niceness is a CPU-only option (default 0).
+  GIL the training thread waits for it; raise ``nice`` only on a CPU-only machine (default 0).
 - **Errors.** An exception in the generator ends the thread and is kept; ``check`` (called by the
   training loop at every epoch start and end) raises it in the training thread, chained to the
   original exception so its traceback is printed.
@@ -24,12 +24,14 @@ loop never waits for synthesis:
   cancelled at its next network evaluation (a forward pre-hook on the model), so stopping takes a
   fraction of a second; the entry it was making is never written. Entries are written atomically
   (temporary file, then rename), so no half-written entry can appear even if the process is killed.
-- **Determinism.** With a count budget on one rank, the sequence of entries (which case, which mask,
-  which texture) is the same in every run with the same seed and device: the generator is the only
-  user of the bank's random generator and makes one entry per call. What is not reproducible is
-  *when* each entry appears relative to training iterations, hence which entries a training sample can
-  draw; a trained network is therefore not bit-reproducible in this mode (the synchronous mode is).
-  With a budget in seconds the number of entries per epoch depends on speed as well.
+- **Determinism.** With a ``seed`` and a count budget on one rank, the entries made (which case, which
+  mask, which texture) are always a prefix of the same sequence, in every run on the same device: the
+  generator is the only user of the bank's random generator and makes one entry per call. What is not
+  reproducible is *when* each entry appears relative to training iterations (and how many a slow
+  generator finishes per epoch), hence which entries a training sample can draw. The synchronous mode
+  makes the same entries in the same epochs in every run. (nnU-Net's own data loading is
+  nondeterministic in both modes.) With a budget in seconds the number of entries per epoch depends on
+  speed as well.
 """
 
 from __future__ import annotations
