@@ -49,7 +49,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
@@ -73,23 +72,6 @@ def make_case() -> tuple[np.ndarray, np.ndarray]:
     reference[ellipsoid(SHAPE, SPACING, tumour, (25.0, 25.0, 25.0))] = 2
     prediction[ellipsoid(SHAPE, SPACING, (tumour[0] + 2.5, tumour[1] + 2.4, tumour[2] - 1.6), (23.0, 24.0, 22.0))] = 2
     return reference, prediction
-
-
-def monai_whole_volume(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float = 5.0) -> dict:
-    """MONAI's metric functions on the whole, uncropped volume (what a user of MONAI would call)."""
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
-
-    ref, pred = torch.from_numpy(reference)[None, None], torch.from_numpy(prediction)[None, None]
-    spacing = list(spacing)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {"dice": float(compute_dice(pred, ref, include_background=True)),
-                "hd": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing)),
-                "hd95": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing,
-                                                         percentile=95)),
-                "nsd": float(compute_surface_dice(pred, ref, [tolerance_mm], include_background=True,
-                                                  spacing=spacing, use_subvoxels=True))}
 
 
 def spheres_check() -> list[tuple[str, float, float]]:
@@ -134,6 +116,7 @@ def main() -> None:
 
     from nnunetv2_tumorsynth.evaluation import label_metrics
     from nnunetv2_tumorsynth.evaluation.folders import CaseJob, evaluate_case
+    from nnunetv2_tumorsynth.evaluation.metrics import monai_whole_volume
 
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; torch threads {args.threads}; "

@@ -6,18 +6,16 @@ import csv
 import json
 import math
 import os
-import warnings
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy import stats
 
 from nnunetv2_tumorsynth.cli.evaluate import main as evaluate_main
 from nnunetv2_tumorsynth.evaluation import MissingCasesError, evaluate_folders, label_metrics, match_lesions
 from nnunetv2_tumorsynth.evaluation.lesions import equivalent_radius_mm, size_bin, size_bin_names
-from nnunetv2_tumorsynth.evaluation.metrics import image_diagonal_mm, joint_bounding_box
+from nnunetv2_tumorsynth.evaluation.metrics import image_diagonal_mm, joint_bounding_box, monai_whole_volume
 from nnunetv2_tumorsynth.evaluation.statistics import paired_tests
 
 SPACING = (2.0, 0.7, 0.9)  # mm, array axis order (z, y, x): anisotropic
@@ -97,21 +95,6 @@ def test_concentric_spheres_every_distance_is_the_radius_difference():
     doubled = label_metrics(a, b, tuple(2 * s for s in SPACING), tolerance_mm=10.0)
     assert doubled.hd == pytest.approx(2 * m.hd, rel=1e-6) and doubled.nsd == 1.0
     assert doubled.dice == m.dice
-
-
-def monai_whole_volume(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float) -> dict:
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
-
-    ref, pred = torch.from_numpy(reference)[None, None], torch.from_numpy(prediction)[None, None]
-    spacing = list(spacing)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {"dice": float(compute_dice(pred, ref, include_background=True)),
-                "hd": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing)),
-                "hd95": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing,
-                                                         percentile=95)),
-                "nsd": float(compute_surface_dice(pred, ref, [tolerance_mm], include_background=True,
-                                                  spacing=spacing, use_subvoxels=True))}
 
 
 @pytest.mark.parametrize("tolerance_mm", [2.0, 5.0])

@@ -158,3 +158,22 @@ def label_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
     nsd = surface_dice(ref, pred, spacing, tolerance_mm)
     return LabelMetrics(dice, nsd, precision, recall, hd, hd95, n_ref, n_pred, n_ref * voxel_ml, n_pred * voxel_ml,
                         "")
+
+
+def monai_whole_volume(reference: np.ndarray, prediction: np.ndarray, spacing, tolerance_mm: float = 5.0) -> dict:
+    """MONAI's functions called directly on the whole, uncropped masks: the reference our cropped path is checked
+    against (tests and benchmarks/bench_evaluate.py). Both masks must be non-empty."""
+    """MONAI's metric functions on the whole, uncropped volume (what a user of MONAI would call)."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+    ref, pred = torch.from_numpy(reference)[None, None], torch.from_numpy(prediction)[None, None]
+    spacing = list(spacing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {"dice": float(compute_dice(pred, ref, include_background=True)),
+                "hd": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing)),
+                "hd95": float(compute_hausdorff_distance(pred, ref, include_background=True, spacing=spacing,
+                                                         percentile=95)),
+                "nsd": float(compute_surface_dice(pred, ref, [tolerance_mm], include_background=True,
+                                                  spacing=spacing, use_subvoxels=True))}
