@@ -36,7 +36,7 @@ of the noise's RMS). The spline is scipy.ndimage.zoom's, applied one axis at a t
 (zoom is linear and separable), about 100x faster than calling zoom(order=3) on the 3D field. Masks
 from this fast path and from snoise3 at every voxel agree to Dice > 0.99 (benchmarks/bench_masks.py).
 
-Sizes. ``size="paper"`` draws each semi-axis from N(27, 4.5) mm clipped to [13.5, 40.5] mm (seed 000
+Sizes. ``size="paper"`` draws each semi-axis from N(27, 4.5) mm clipped to [13.5, 40.5] mm (Quinton et al. 2026,
 2.2.1). ``"tiny"``, ``"small"``, ``"medium"``, ``"large"`` follow Hu et al. 2023 (Table 6 and section 3.1):
 semi-axes U(0.75 r, 1.25 r) with r = 4, 8, 16, 32 mm and deformation sigma_e drawn from U[0.5, 1],
 U[1, 2], U[3, 6], U[5, 10]. Hu et al. 2023 state no unit for sigma_e and uses it as the spread of an

@@ -6,7 +6,7 @@ scheme, axes transposed by ``transpose_forward``), and only on the training case
 validation cases stay unseen.
 
 - A *source* is one (dataset, plans, configuration, fold); several sources can be pooled (ATLAS plus
-  pseudo-labelled LLD-MMRI in seed 000) if they share voxel spacing and normalisation.
+  pseudo-labelled LLD-MMRI in Quinton et al. 2026) if they share voxel spacing and normalisation.
 - A *component* is one connected tumour (26-connectivity) in one training case. An epoch is one pass over
   the training components (Quinton et al. 2026, section 2.3: 5,000 epochs over the tumours of 48 ATLAS images).
 - A *crop* is a box of ``crop_size`` voxels centred on the component's centre of mass (rounded to a voxel).
