@@ -56,7 +56,7 @@ class UntrainedDDPMTexture:
     def __init__(self, crop: tuple[int, int, int], steps: int):
         self.model, self.crop_size, self.steps = build_model("tiny"), tuple(crop), steps
 
-    def fill(self, images, masks, organs, rng):
+    def fill(self, images, masks, organs, rng, spacing=None):
         return inpaint(self.model, images, masks, steps=self.steps, seed=int(rng.integers(2**31)), device="cpu")
 
 

@@ -1,21 +1,26 @@
 """Texture backends: fill a tumour mask inside an image crop with tumour-like intensities.
 
-Both backends share one interface, ``fill(images, masks, organs, rng) -> images``, on crops of shape
-(B, 1, z, y, x) in nnU-Net's preprocessed axis order and intensity normalisation. Voxels outside each
-mask are returned bit-identical.
+Both backends share one interface, ``fill(images, masks, organs, rng, spacing) -> images``, on crops of
+shape (B, 1, z, y, x) in nnU-Net's preprocessed axis order and intensity normalisation; ``organs`` is the
+organ's parenchyma label (existing tumours excluded), ``spacing`` mm per axis. Voxels outside each mask
+are returned bit-identical.
 
 - ``DDPMTexture``: the bundled diffusion model inpaints the mask (Quinton et al. 2026, eq. 1-2).
 - ``HeuristicTexture``: Hu et al.'s (2023) hand-made texture (Gaussian noise scaled up and blurred, blurred
-  edge, optional brighter capsule), no model needed. Mass effect (Hu et al. 2023, eq. 5) is not implemented:
-  it would move voxels outside the mask, which breaks the "outside untouched" contract of the bank.
+  edge, optional brighter capsule), no model needed. Mass effect (Hu et al. 2023, eq. 5) moves voxels
+  outside the mask and is applied by the bank before the texture (``mass_effect.MassEffect``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from nnunetv2_tumorsynth.geometry import check_spacing
+from nnunetv2_tumorsynth.placement import vessel_mask_from_intensity
 
 
 class DDPMTexture:
@@ -35,7 +40,8 @@ class DDPMTexture:
         """Context crop (voxels, z y x) the model was trained on."""
         return tuple(int(v) for v in self.metadata["crop_size_vox"])
 
-    def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator,
+             spacing: Sequence[float] | None = None) -> np.ndarray:
         from nnunetv2_tumorsynth.ddpm import inpaint
 
         seed = int(rng.integers(2**31))
@@ -45,47 +51,73 @@ class DDPMTexture:
 
 @dataclass(frozen=True)
 class HeuristicTexture:
-    """Hu et al. 2023, section 3.1 texture, adapted to normalised MR intensities.
+    """Hu et al. 2023, section 3.1 texture, adapted to normalised MR intensities; lengths in mm.
 
-    Intensities are in units of the organ's own standard deviation, since MR has no fixed scale:
-    the tumour mean is the organ mean plus ``contrast_sd`` organ SDs, darker or brighter with equal
-    probability (MR liver tumours can be either). Sizes are in voxels of the crop.
+    Intensities are in units of the parenchyma's own standard deviation, since MR has no fixed scale.
+    The parenchyma is the organ label of the context crop (``organs``: existing tumours are not in it)
+    minus bright vessels (``placement.vessel_mask_from_intensity``) minus the new tumour's mask. The
+    tumour mean is the parenchyma mean plus ``contrast_sd`` parenchyma SDs, darker or brighter with
+    equal probability (MR liver tumours can be either); Hu et al. 2023 draw mu_t ~ U(30, mu_p - 10) HU,
+    0.5 to 4 SDs of CT liver parenchyma (about 20 HU). Grain, texture blur, edge blur and the capsule
+    are in mm and converted per axis with the crop's spacing (Hu et al. 2023, Table 1, give them in
+    voxels of CT of about 1 mm, so their voxel values are taken as mm here).
     """
 
-    contrast_sd: tuple[float, float] = (1.5, 3.0)  # |tumour mean - organ mean| / organ SD, uniform
-    scale_up: tuple[float, float] = (1.1, 1.5)  # eta: noise grain enlargement (Hu et al. 2023, Table 1)
-    texture_blur: float = 0.6  # sigma_b, voxels
-    edge_blur: tuple[float, float] = (0.6, 1.2)  # sigma_c, voxels
+    contrast_sd: tuple[float, float] = (1.0, 4.0)  # |tumour mean - parenchyma mean| / parenchyma SD, uniform
+    grain_mm: tuple[float, float] = (1.1, 1.5)  # eta: size of one noise cell (Hu et al. 2023, Table 1), >= 1 voxel
+    texture_blur_mm: float = 0.6  # sigma_b
+    edge_blur_mm: tuple[float, float] = (0.6, 1.2)  # sigma_c
     capsule_probability: float = 0.5
-    capsule_sd: float = 1.0  # capsule brightening, organ SDs (Hu et al.'s (2023) d relative to the organ)
+    capsule_sd: float = 3.0  # capsule brightening d, parenchyma SDs (Hu et al. 2023: d = 120 HU)
+    capsule_width_mm: float = 2.0  # the rim of the mask that is brightened (Hu et al. 2023's band (lb, ub))
+    capsule_blur_mm: float = 0.8  # sigma_d
     crop_size: tuple[int, int, int] | None = None  # no fixed context needed
 
-    def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator,
+             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+        """Fill each mask of (B, 1, z, y, x) crops; ``organs``: the parenchyma label (no tumours) per crop;
+        ``spacing``: mm per axis (z, y, x). Voxels outside each mask are returned bit-identical."""
+        spacing = np.asarray(check_spacing(spacing), float)
         out = images.copy()
         for b in range(images.shape[0]):
-            out[b, 0] = self._fill_one(images[b, 0], masks[b, 0].astype(bool), organs[b, 0].astype(bool), rng)
+            out[b, 0] = self._fill_one(images[b, 0], masks[b, 0].astype(bool), organs[b, 0].astype(bool), rng,
+                                       spacing)
         return out
 
-    def _fill_one(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def parenchyma_statistics(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
+                              spacing: np.ndarray) -> tuple[float, float]:
+        """Mean and SD of the parenchyma around the tumour: organ voxels that are neither vessel nor mask.
+
+        Falls back to the organ with vessels (too few pure parenchyma voxels), then to the mask itself."""
+        vessels = vessel_mask_from_intensity(image, organ, spacing) if organ.sum() > 20 else np.zeros_like(organ)
+        for reference in (organ & ~vessels & ~mask, organ & ~mask, mask):
+            if reference.sum() > 20:
+                values = image[reference]
+                return float(values.mean()), float(values.std()) + 1e-3
+        values = image[mask]
+        return float(values.mean()), float(values.std()) + 1e-3
+
+    def _fill_one(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, rng: np.random.Generator,
+                  spacing: np.ndarray) -> np.ndarray:
         # random parameters, drawn in one place
-        reference = image[organ & ~mask] if (organ & ~mask).sum() > 20 else image[mask]
-        organ_mean, organ_sd = float(reference.mean()), float(reference.std()) + 1e-3
+        organ_mean, organ_sd = self.parenchyma_statistics(image, mask, organ, spacing)
         contrast = rng.choice([-1.0, 1.0]) * rng.uniform(*self.contrast_sd)
-        eta = rng.uniform(*self.scale_up)
-        edge_sigma = rng.uniform(*self.edge_blur)
+        grain_mm = rng.uniform(*self.grain_mm)
+        edge_sigma_mm = rng.uniform(*self.edge_blur_mm)
         capsule = rng.uniform() < self.capsule_probability
 
-        # texture: Gaussian noise N(mu_t, sigma_p) on a grid eta times coarser, scaled up (cubic) and blurred
-        coarse = [max(2, int(np.ceil(n / eta))) for n in image.shape]
+        # texture: Gaussian noise N(mu_t, sigma_p) on a grid of grain_mm cells, scaled up (cubic) and blurred
+        coarse = [max(2, min(n, int(np.ceil(n * s / grain_mm)))) for n, s in zip(image.shape, spacing)]
         noise = rng.normal(organ_mean + contrast * organ_sd, organ_sd, coarse).astype(np.float32)
         texture = ndimage.zoom(noise, [n / c for n, c in zip(image.shape, coarse)], order=3)[
             : image.shape[0], : image.shape[1], : image.shape[2]]
-        texture = ndimage.gaussian_filter(texture, self.texture_blur)  # Hu et al. 2023, eq. 3
+        texture = ndimage.gaussian_filter(texture, self.texture_blur_mm / spacing)  # Hu et al. 2023, eq. 3
 
         # blend weight: blurred mask, kept inside the mask so the outside is untouched (Hu et al. 2023, eq. 4)
-        weight = ndimage.gaussian_filter(mask.astype(np.float32), edge_sigma) * mask
-        if capsule:  # Hu et al. 2023, eq. 6-8: brighten the band where the blurred mask is in [0.4, 0.7]
-            band = ((weight >= 0.4) & (weight <= 0.7)).astype(np.float32)
-            texture = texture + self.capsule_sd * organ_sd * ndimage.gaussian_filter(band, 0.8)
+        weight = ndimage.gaussian_filter(mask.astype(np.float32), edge_sigma_mm / spacing) * mask
         filled = (1.0 - weight) * image + weight * texture
+        if capsule:  # Hu et al. 2023, eq. 6-8: brighten the tumour's rim, blurred, by d
+            depth_mm = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+            rim = ((depth_mm > 0) & (depth_mm <= self.capsule_width_mm)).astype(np.float32)
+            filled = filled + self.capsule_sd * organ_sd * ndimage.gaussian_filter(rim, self.capsule_blur_mm / spacing)
         return np.where(mask, filled.astype(image.dtype), image)

@@ -50,7 +50,7 @@ class FakeTexture:
         self.calls = 0
         self.seen: set[tuple[str, int]] = set()
 
-    def fill(self, images, masks, organs, rng):
+    def fill(self, images, masks, organs, rng, spacing=None):
         self.calls += 1
         self.seen.add((threading.current_thread().name, torch.get_num_threads()))
         if self.calls == self.fail_on_call:

@@ -1,0 +1,159 @@
+"""Fidelity of the heuristic texture (Hu et al. 2023): parenchyma statistics, mm units, capsule, mass effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings, entry_paths, load_entry, overlay_entry
+from nnunetv2_tumorsynth.masks import equivalent_radius_mm
+from nnunetv2_tumorsynth.mass_effect import MassEffect
+from nnunetv2_tumorsynth.texture import HeuristicTexture
+
+SPACING = np.array([3.0, 1.5, 1.5])
+
+
+def ball(shape, centre, radius_mm, spacing=SPACING) -> np.ndarray:
+    grid = np.indices(shape).astype(float)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing))
+    return d2 <= radius_mm**2
+
+
+def parenchyma_crop(rng, shape=(16, 40, 40)):
+    """Parenchyma N(0, 1) with a bright vessel tube (+10) and an existing dark tumour (-8, not organ)."""
+    image = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    organ = np.ones(shape, bool)
+    vessel = np.zeros(shape, bool)
+    vessel[:, 4:7, 4:7] = True
+    image[vessel] += 10.0
+    tumour = ball(shape, (8, 30, 30), 6.0)
+    image[tumour] -= 8.0
+    organ &= ~tumour  # the organ label of the parenchyma excludes existing tumours
+    return image, organ, vessel
+
+
+def test_parenchyma_statistics_exclude_vessels_and_existing_tumours():
+    rng = np.random.default_rng(0)
+    image, organ, vessel = parenchyma_crop(rng)
+    mask = ball(image.shape, (8, 20, 20), 5.0)
+    mean, sd = HeuristicTexture().parenchyma_statistics(image, mask, organ, SPACING)
+    assert abs(mean) < 0.1 and abs(sd - 1.0) < 0.1
+    # what the old box-shell mean saw: vessels and tumours pull the mean and blow up the SD
+    everything = image[~mask]
+    assert everything.std() > 1.3
+
+
+def fill_one(texture: HeuristicTexture, image, mask, organ, seed=0, spacing=SPACING):
+    return texture.fill(image[None, None], mask[None, None], organ[None, None], np.random.default_rng(seed),
+                        spacing=spacing)[0, 0]
+
+
+def test_tumour_contrast_is_in_parenchyma_sds_and_outside_is_untouched():
+    rng = np.random.default_rng(1)
+    image, organ, _ = parenchyma_crop(rng)
+    mask = ball(image.shape, (8, 20, 20), 7.0)
+    texture = HeuristicTexture(contrast_sd=(3.0, 3.0), capsule_probability=0.0)
+    out = fill_one(texture, image, mask, organ)
+    assert np.array_equal(out[~mask], image[~mask])
+    core = mask & (ball(image.shape, (8, 20, 20), 4.0))
+    assert 2.3 < abs(out[core].mean() - image[organ & ~mask].mean()) < 3.7
+
+
+def capsule_contrast(texture, seed):
+    """(rim mean - core mean) in parenchyma SDs for one filled ball of 9 mm radius."""
+    rng = np.random.default_rng(seed)
+    image, organ, _ = parenchyma_crop(rng)
+    mask = ball(image.shape, (8, 20, 20), 9.0)
+    out = fill_one(texture, image, mask, organ, seed)
+    depth = ndimage_depth(mask)
+    rim, core = mask & (depth <= 2.0), mask & (depth > 4.5)
+    return (out[rim].mean() - out[core].mean()) / image[organ & ~mask].std()
+
+
+def ndimage_depth(mask):
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(np.pad(mask, 1), sampling=SPACING)[1:-1, 1:-1, 1:-1]
+
+
+def test_capsule_is_visible_in_parenchyma_sds():
+    with_capsule = [capsule_contrast(HeuristicTexture(capsule_probability=1.0), s) for s in range(4)]
+    without = [capsule_contrast(HeuristicTexture(capsule_probability=0.0), s) for s in range(4)]
+    assert np.mean(with_capsule) > 1.5, with_capsule
+    assert abs(np.mean(without)) < 0.6, without
+
+
+def test_blur_and_grain_are_in_mm():
+    """The same physical tumour at two spacings: edge blur reaches the same distance in mm."""
+    texture = HeuristicTexture(contrast_sd=(4.0, 4.0), capsule_probability=0.0, edge_blur_mm=(3.0, 3.0))
+    widths = []
+    for spacing in ((2.0, 2.0, 2.0), (1.0, 1.0, 1.0)):
+        n = int(round(40 / spacing[0]))
+        image = np.zeros((n, n, n), np.float32)
+        organ = np.ones_like(image, bool)
+        mask = ball(image.shape, (n / 2, n / 2, n / 2), 12.0, spacing)
+        out = fill_one(texture, image, mask, organ, seed=3, spacing=spacing)
+        profile = np.abs(out[n // 2, n // 2, n // 2:])  # centre to edge along x
+        full = profile[0]
+        widths.append(np.count_nonzero((profile > 0.1 * full) & (profile < 0.9 * full)) * spacing[0])
+    assert widths[0] == pytest.approx(widths[1], abs=2.0)
+
+
+def test_mass_effect_follows_hu_eq5_and_leaves_the_outside_unchanged():
+    shape = (24, 48, 48)
+    centre = (12, 24, 24)
+    tumour = ball(shape, centre, 8.0)
+    grid = np.indices(shape).astype(float)
+    radial = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, SPACING))).astype(np.float32)
+    labels = (radial < 14.0).astype(np.int8)  # an "organ" ball that should bulge outward
+    effect = MassEffect(intensity=30.0)
+    warped, warped_labels, region = effect.warp(radial, labels, tumour, SPACING)
+    gamma_max = 1.3 * equivalent_radius_mm(tumour, SPACING)
+    assert effect.reach_mm(tumour, SPACING) == pytest.approx(gamma_max)
+    assert np.array_equal(warped[~region], radial[~region]) and np.array_equal(warped_labels[~region], labels[~region])
+    gamma = radial[region]
+    expected = (1 - (1 - gamma / gamma_max) ** 2 * 0.3) * gamma  # eq. 5: value found at gamma'
+    assert np.abs(warped[region] - expected).max() < 0.6  # mm; linear interpolation of the distance field
+    assert np.all(warped[region] <= gamma + 1e-3), "content comes from nearer the centre: it is pushed outward"
+    assert warped_labels.sum() >= labels.sum()
+    unchanged, *_ = MassEffect(intensity=0.0).warp(radial, labels, tumour, SPACING)
+    assert np.array_equal(unchanged, radial)
+    with pytest.raises(ValueError, match="eq. 5"):
+        MassEffect(intensity=130.0)
+
+
+class OneCase:
+    def __init__(self, data, seg):
+        self.data, self.seg, self.identifiers = data, seg, ["case0"]
+
+    def load_case(self, identifier):
+        return self.data, self.seg, None, {"class_locations": {2: np.argwhere(self.seg == 2)}}
+
+
+def test_bank_with_mass_effect_moves_image_and_labels_together_only_in_the_region(tmp_path):
+    rng = np.random.default_rng(2)
+    shape = (20, 48, 48)
+    organ = ball(shape, (10, 24, 24), 30.0)
+    seg = organ.astype(np.int8)[None]
+    data = (rng.normal(0, 1, shape).astype(np.float32) + 3 * organ)[None]
+    settings = SynthSettings(texture="heuristic", size="small", seed=0, mass_effect=30.0, margin_mm=0.0)
+    bank = SynthesisBank(str(tmp_path), HeuristicTexture(), settings, tuple(SPACING), organ_label=1, tumour_label=2)
+    assert bank.generate(OneCase(data, seg), ["case0"], 1, epoch=0).made == 1
+    entry = load_entry(entry_paths(str(tmp_path), "case0")[0])
+    assert {"region_corner", "region_mask", "region_values", "region_labels"} <= set(entry)
+    data_out, seg_out, props = overlay_entry(data, seg, {"class_locations": {}}, entry, tumour_label=2)
+    data_out, seg_out = np.asarray(data_out), np.asarray(seg_out)
+    changed_region = np.zeros(shape, bool)
+    corner = entry["region_corner"]
+    lo, hi = np.maximum(corner, 0), np.minimum(corner + entry["region_mask"].shape, shape)
+    changed_region[tuple(slice(a, b) for a, b in zip(lo, hi))] = entry["region_mask"][
+        tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))]
+    outside = ~changed_region[None]
+    assert np.array_equal(data_out[outside], data[outside]), "bit-exact outside the entry's region"
+    assert np.array_equal(seg_out[outside], seg[outside])
+    tumour = np.zeros(shape, bool)
+    box = tuple(slice(int(c), int(c) + s) for c, s in zip(entry["corner"], entry["mask"].shape))
+    tumour[box] = entry["mask"]
+    assert np.all(seg_out[0][tumour] == 2) and (seg_out[0] == 2).sum() == tumour.sum()
+    assert changed_region.sum() > 1.5 * tumour.sum(), "the region reaches beyond the tumour"
+    assert len(props["class_locations"][2]) == tumour.sum()
