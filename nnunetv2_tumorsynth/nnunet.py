@@ -72,6 +72,39 @@ def configuration_data_folder(name: str, plans: dict, configuration: str) -> str
     return folder
 
 
+def case_slice_spacings_mm(name: str, plans: dict) -> list[float]:
+    """Each case's voxel spacing (mm) along the first preprocessed axis (z after the plans' transpose).
+
+    Read from the dataset's ``dataset_fingerprint.json`` (original spacings, transposed with the plans'
+    ``transpose_forward``, as nnU-Net's preprocessor does); ``[]`` when there is no fingerprint.
+    """
+    path = os.path.join(nnUNet_preprocessed or "", name, "dataset_fingerprint.json")
+    if not nnUNet_preprocessed or not os.path.isfile(path):
+        return []
+    axis = int(plans["transpose_forward"][0])
+    return [float(s[axis]) for s in load_json(path).get("spacings", [])]
+
+
+def preprocessed_spacing_mm(name: str, plans: dict, spacing) -> tuple[float, float, float]:
+    """Voxel spacing (mm, preprocessed axis order z y x) of a configuration's preprocessed cases.
+
+    ``spacing`` is the configuration's ``spacing`` from the plans. 3d configurations: that spacing, the
+    same for every case. 2d configurations: nnU-Net gives only the in-plane (y, x) spacing; its
+    preprocessor stores 2d cases as 3D volumes resampled in-plane only, each keeping its own slice spacing
+    (``DefaultPreprocessor.run_case_npy``). The z returned is then the median slice spacing of the
+    dataset's cases (``case_slice_spacings_mm``; the plans' ``original_median_spacing_after_transp`` without
+    a fingerprint): exact for every case only when all cases share one slice spacing.
+    """
+    spacing = [float(s) for s in spacing]
+    if len(spacing) == 3:
+        return (spacing[0], spacing[1], spacing[2])
+    if len(spacing) != 2:
+        raise ValueError(f"a configuration spacing has 2 (2d) or 3 (3d) entries; got {spacing}")
+    slices = case_slice_spacings_mm(name, plans)
+    z = float(np.median(slices)) if slices else float(plans["original_median_spacing_after_transp"][0])
+    return (z, spacing[0], spacing[1])
+
+
 def fold_split(name: str, case_identifiers: list[str], fold: int | str) -> tuple[list[str], list[str]]:
     """(training, validation) case identifiers of ``fold``, exactly as ``nnUNetTrainer.do_split`` makes them.
 
@@ -208,20 +241,34 @@ def make_tiny_plans(
 ) -> dict:
     """A copy of ``plans`` holding only ``configuration``, with a 3-stage U-Net of ``features``.
 
-    Strides are (1,1,1), (1,2,2), (2,2,2) for (z, y, x), so ``patch_size`` (voxels, z y x) must be
-    divisible by (2, 4, 4).
+    3d: strides are (1,1,1), (1,2,2), (2,2,2) for (z, y, x), so ``patch_size`` (voxels, z y x) must be
+    divisible by (2, 4, 4). 2d (a configuration with 2 spacing entries): strides (1,1), (2,2), (2,2); the
+    patch is (y, x), and a 3-entry ``patch_size`` gives its last two, so each must be divisible by 4.
     """
     if len(features) != 3:
         raise ValueError("tiny plans use exactly 3 stages: give 3 feature counts")
-    if patch_size[0] % 2 or patch_size[1] % 4 or patch_size[2] % 4:
-        raise ValueError(f"patch size {patch_size} must be divisible by (2, 4, 4)")
+    if configuration not in plans["configurations"]:
+        raise KeyError(f"configuration {configuration!r} is not in the plans; available: "
+                       f"{sorted(plans['configurations'])}")
     config = copy.deepcopy(plans["configurations"][configuration])
+    if "architecture" not in config:
+        raise ValueError(f"configuration {configuration!r} inherits from {config.get('inherits_from')!r}; tiny plans "
+                         f"need a configuration with its own architecture (2d, 3d_fullres or 3d_lowres)")
+    if len(config.get("spacing", config.get("patch_size", ()))) == 2:
+        patch_size = tuple(patch_size[-2:])
+        if patch_size[0] % 4 or patch_size[1] % 4:
+            raise ValueError(f"2d patch size {patch_size} (y, x) must be divisible by (4, 4)")
+        kernels, strides = [[3, 3]] * 3, [[1, 1], [2, 2], [2, 2]]
+    else:
+        if patch_size[0] % 2 or patch_size[1] % 4 or patch_size[2] % 4:
+            raise ValueError(f"patch size {patch_size} must be divisible by (2, 4, 4)")
+        kernels, strides = [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
     arch = config["architecture"]["arch_kwargs"]
     arch.update(
         n_stages=3,
         features_per_stage=list(features),
-        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        kernel_sizes=kernels,
+        strides=strides,
         n_conv_per_stage=[1, 1, 1],
         n_conv_per_stage_decoder=[1, 1],
     )

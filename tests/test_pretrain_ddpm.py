@@ -22,6 +22,7 @@ from nnunetv2_tumorsynth.ddpm import read_checkpoint
 from nnunetv2_tumorsynth.ddpm.data import (
     Augmentation,
     Source,
+    TumourComponent,
     TumourCrops,
     apply_augmentation,
     check_poolable,
@@ -166,13 +167,43 @@ def test_size_before_rotation_gives_the_crop_size():
     np.testing.assert_array_equal(out, np.flip(np.rot90(volume[:, :14, :12], 1, (1, 2)), (0, 2)))
 
 
-def test_validation_split_holds_out_at_least_one_component():
-    comps = [object() for _ in range(5)]
+def _component(source: int, case: str, index: int = 1) -> TumourComponent:
+    """A component for split tests: only its source and case matter."""
+    return TumourComponent(source=source, case=case, index=index, centre=(0, 0, 0), extent=(1, 1, 1),
+                           voxels=np.zeros((0, 3), np.int64))
+
+
+def test_validation_split_holds_out_at_least_one_case():
+    comps = [_component(0, f"case_{k}") for k in range(5)]  # one component per case
     train, val = split_components(comps, 0.1, seed=0)
     assert len(val) == 1 and len(train) == 4 and set(map(id, train + val)) == set(map(id, comps))
     assert split_components(comps[:1], 0.1, seed=0) == (comps[:1], [])
-    assert len(split_components(comps * 4, 0.1, seed=0)[1]) == 2
+    assert len(split_components([_component(0, f"case_{k}") for k in range(20)], 0.1, seed=0)[1]) == 2
     assert split_components(comps, 0.1, seed=0)[1] == split_components(comps, 0.1, seed=0)[1], "seeded"
+    assert split_components(comps, 0.0, seed=0) == (comps, []), "--val-fraction 0: no validation"
+
+
+def test_validation_split_holds_out_whole_cases():
+    """No case gives components to both sides, and a held-out case gives all of its components to validation.
+    Two pooled datasets share case identifiers: a case is (dataset, identifier)."""
+    # 5 cases per dataset; case_0 has 4 components, case_1 3, the others 1 or 2: 10 cases, 30 components
+    counts = {0: 4, 1: 3, 2: 1, 3: 2, 4: 1}
+    comps = [_component(s, f"case_{k}", i) for s in (0, 1) for k, n in counts.items() for i in range(1, n + 1)]
+    held_out_seen: set[tuple[int, str]] = set()
+    split_identifier = False  # some seed holds out (0, case_k) but trains on (1, case_k)
+    for seed in range(20):
+        train, val = split_components(comps, 0.2, seed)
+        assert sorted(map(id, train + val)) == sorted(map(id, comps))
+        train_cases = {(c.source, c.case) for c in train}
+        val_cases = {(c.source, c.case) for c in val}
+        assert len(val_cases) == 2, "round(0.2 * 10 cases with tumours)"
+        assert not train_cases & val_cases, "a case on both sides"
+        assert [c for c in comps if (c.source, c.case) in val_cases] == val, "all components of held-out cases"
+        assert split_components(comps, 0.2, seed) == (train, val), "seeded"
+        held_out_seen |= val_cases
+        split_identifier |= any((0, case) in val_cases and (1, case) in train_cases for _, case in val_cases)
+    assert (0, "case_0") in held_out_seen, "the 4-component case is held out for some seed"
+    assert split_identifier
 
 
 def test_pooled_datasets_must_share_spacing_and_normalisation():
@@ -233,6 +264,12 @@ def test_training_writes_checkpoints_log_and_progress(trained, phantom_dataset):
     assert ds["excluded_validation_cases"] == sorted(split["val"])
     used = {key.split("#")[0] for key in ds["train_components"] + ds["val_components"]}
     assert used <= set(split["train"])
+    # validation holds out whole training cases: all their components, none of them trained on
+    assert ds["val_cases"] and set(ds["val_cases"]) <= set(split["train"])
+    assert {key.split("#")[0] for key in ds["val_components"]} == set(ds["val_cases"])
+    assert not {key.split("#")[0] for key in ds["train_components"]} & set(ds["val_cases"])
+    assert (f"validation loss on the held-out cases {ds['val_cases']} ({len(ds['val_components'])} component(s)); "
+            f"training on the other cases' {len(ds['train_components'])} component(s)") in log
     assert f"validation-fold cases not used: {sorted(split['val'])}" in log
 
 
@@ -263,6 +300,11 @@ def test_existing_checkpoint_is_refused_and_resume_continues_exactly(trained, ph
         torch.testing.assert_close(value, b["extra_state"]["trained_state_dict"][key], rtol=0, atol=0, msg=key)
     assert a["extra_state"]["train_losses"] == b["extra_state"]["train_losses"]
     assert a["extra_state"]["ema_updates"] == b["extra_state"]["ema_updates"] > 0
+
+    # another --val-fraction would hold out other cases: refused
+    bad = run(_train_cmd(phantom_dataset, None, "--epochs", "4", "--batch-size", "2", "--c", "--val-fraction", "0"),
+              env=_env(phantom_dataset, resumed_root), check=False)
+    assert bad.returncode == 2 and "held-out validation cases" in bad.stderr and "--val-fraction" in bad.stderr
 
     # a checkpoint whose metadata says another spacing cannot be resumed on this data
     payload = torch.load(os.path.join(resumed, "checkpoint_latest.pth"), weights_only=True)

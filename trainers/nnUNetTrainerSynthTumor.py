@@ -25,6 +25,13 @@ class nnUNetTrainerSynthTumor(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:  # the previous stage's segmentation is an input channel the bank does not paste into
+            raise ValueError(
+                f"{self.__class__.__name__} does not support the cascade configuration {configuration!r}: its input "
+                f"includes the segmentation predicted by {self.configuration_manager.previous_stage_name!r}, and the "
+                f"synthetic tumours are pasted into the image and the label only, so that channel would never show "
+                f"them. Train 2d, 3d_fullres (or 3d_lowres on its own) with synthetic tumours, or the cascade with a "
+                f"trainer without them (nnUNetTrainer).")
         self.synthesis = None
 
     def get_tr_and_val_datasets(self):

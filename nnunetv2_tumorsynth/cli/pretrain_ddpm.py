@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="start over, replacing existing checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of the training tumours held out for the validation loss (default 0.1)")
+                        help="fraction of the training cases with tumours held out, with all their tumours, for "
+                        "the validation loss (default 0.1; at least one case when there are two or more; 0 = none)")
     parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, the paper's)")
     parser.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
     parser.add_argument("--ema-decay", type=float, default=0.999,

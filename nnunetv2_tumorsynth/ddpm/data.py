@@ -9,6 +9,7 @@ validation cases stay unseen.
   pseudo-labelled LLD-MMRI in Quinton et al. 2026) if they share voxel spacing and normalisation.
 - A *component* is one connected tumour (26-connectivity) in one training case. An epoch is one pass over
   the training components (Quinton et al. 2026, section 2.3: 5,000 epochs over the tumours of 48 ATLAS images).
+  The validation loss holds out whole cases (``split_components``): no case gives components to both sides.
 - A *crop* is a box of ``crop_size`` voxels centred on the component's centre of mass (rounded to a voxel).
   Its mask is the voxels of that component inside the crop; other tumours in the crop stay unmasked
   (they are context, as real tumours are when a synthetic one is placed beside them). A component larger
@@ -121,6 +122,8 @@ def open_source(
 
     Raises FileNotFoundError with the nnU-Net command to run when the preprocessed data is missing.
     """
+    from nnunetv2_tumorsynth.nnunet import preprocessed_spacing_mm
+
     try:
         name = str(dataset_name(dataset))  # nnU-Net's lookup returns a numpy string
     except RuntimeError as e:  # nnU-Net's "Could not find a dataset with the ID ..."
@@ -161,7 +164,7 @@ def open_source(
         configuration=configuration,
         fold=fold,
         data_folder=folder,
-        spacing=tuple(float(s) for s in config.spacing),
+        spacing=preprocessed_spacing_mm(name, plans, config.spacing),  # 2d: 3D volumes, z the median slice spacing
         transpose_forward=tuple(int(a) for a in plans_manager.transpose_forward),
         normalisation=normalisation,
         tumour_label=int(tumour),
@@ -271,21 +274,25 @@ def find_components(sources: Sequence[Source]) -> list[TumourComponent]:
 def split_components(
     components: Sequence[TumourComponent], val_fraction: float, seed: int
 ) -> tuple[list[TumourComponent], list[TumourComponent]]:
-    """Hold out ``val_fraction`` of the components (seeded) for the validation loss.
+    """Hold out ``val_fraction`` of the cases with tumours (seeded), with all their components, for the
+    validation loss.
 
-    ``round(val_fraction * n)`` components, at least one when there are two or more and ``val_fraction > 0``,
-    and always leaving at least one for training. Returns (training, validation), each in the input order.
+    A case is (source, case identifier), so pooled datasets may share identifiers. Of the n cases that have
+    components, ``round(val_fraction * n)`` are held out, at least one when there are two or more and
+    ``val_fraction > 0``, and always leaving at least one for training. Every component of a held-out case
+    goes to validation, none to training. Returns (training, validation), each in the input order.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    n = len(components)
+    cases = list(dict.fromkeys((c.source, c.case) for c in components))  # in the components' (fixed) order
+    n = len(cases)
     n_val = 0
     if n >= 2 and val_fraction > 0:
         n_val = min(n - 1, max(1, round(val_fraction * n)))
     rng = np.random.default_rng([seed, 7])  # 7: a fixed tag so this draw differs from other seeded draws
-    val_idx = set(rng.permutation(n)[:n_val].tolist())
-    train = [c for i, c in enumerate(components) if i not in val_idx]
-    val = [c for i, c in enumerate(components) if i in val_idx]
+    val_cases = {cases[i] for i in rng.permutation(n)[:n_val].tolist()}
+    train = [c for c in components if (c.source, c.case) not in val_cases]
+    val = [c for c in components if (c.source, c.case) in val_cases]
     return train, val
 
 

@@ -5,8 +5,8 @@ model and hands it to a ``DDPMTrainer``, shaped like nnU-Net's trainer: ``run_tr
 ``on_train_start``, then per epoch ``train_epoch`` (``train_step`` per batch), ``validation`` and
 ``on_epoch_end`` (checkpoints, log, progress.png), then ``on_train_end``; resuming is ``load_checkpoint``.
 
-- data: crops around the tumour components of the fold's training cases (``data.py``), a held-out fraction
-  of the components for the validation loss;
+- data: crops around the tumour components of the fold's training cases (``data.py``); a held-out fraction
+  of those cases (all their components) for the validation loss;
 - loss: masked forward process (eq. 1) and masked noise MSE (eq. 3) with the bundled ``schedule``;
   AdamW, lr 5e-5, weight decay 1e-5 (the paper's); on CUDA the network runs under bf16 autocast;
 - an epoch is one pass over the training components in a seeded random order;
@@ -257,6 +257,11 @@ def _prepare_data(settings: TrainingSettings, preset: str, divisor: int) -> _Dat
     return _Data(sources, components, train, val, crop_size)
 
 
+def _held_out_cases(data: _Data, source: int) -> list[str]:
+    """The training cases of source ``source`` whose components are held out for the validation loss, sorted."""
+    return sorted({c.case for c in data.val if c.source == source})
+
+
 def _dataset_records(data: _Data, settings: TrainingSettings) -> list[dict[str, Any]]:
     records = []
     for i, s in enumerate(data.sources):
@@ -277,6 +282,7 @@ def _dataset_records(data: _Data, settings: TrainingSettings) -> list[dict[str, 
             "training_cases": list(s.training_cases),
             "excluded_validation_cases": list(s.validation_cases),
             "train_components": [c.key for c in data.train if c.source == i],
+            "val_cases": _held_out_cases(data, i),
             "val_components": [c.key for c in data.val if c.source == i],
         })
     return records
@@ -295,6 +301,12 @@ def _check_resume(meta: dict[str, Any], data: _Data, settings: TrainingSettings,
     new = [s.name for s in data.sources]
     if old != new:
         problems.append(f"datasets {old} in the checkpoint, {new} now")
+    else:
+        for i, d in enumerate(meta["datasets"]):
+            held_out = _held_out_cases(data, i)
+            if d.get("val_cases") != held_out:  # absent: a checkpoint that held out components, not cases
+                problems.append(f"held-out validation cases of {d['name']} {d.get('val_cases')} in the checkpoint, "
+                                f"{held_out} now (--val-fraction)")
     if float(meta.get("ema_decay", 0.0)) != settings.ema_decay:
         problems.append(f"EMA decay {meta.get('ema_decay', 0.0)} in the checkpoint, {settings.ema_decay} now "
                         f"(--ema-decay)")
@@ -443,7 +455,8 @@ class DDPMTrainer:
                 f"normalisation {r['normalisation']}; validation-fold cases not used: "
                 f"{r['excluded_validation_cases']}")
             log(f"training cases used: {r['training_cases']}")
-            log(f"held-out components (validation loss): {r['val_components']}")
+            log(f"validation loss on the held-out cases {r['val_cases']} ({len(r['val_components'])} component(s)); "
+                f"training on the other cases' {len(r['train_components'])} component(s)")
         log(f"augmentation: quarter turns in planes {rotation_planes(spacing)} (equal spacing), flips on all axes")
         log(f"{len(data.train)} training / {len(data.val)} validation crops; batch {settings.batch_size} x "
             f"{self.world} process(es); {self.iterations_per_epoch} iterations per epoch; AdamW lr {settings.lr} "
