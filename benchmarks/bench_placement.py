@@ -59,9 +59,9 @@ def main() -> None:
     print(f"volume {SHAPE} at {SPACING.tolist()} mm; organ {organ.sum()} voxels; forbidden {forbidden.sum()} voxels")
 
     rows = [
-        ("paper simplex, inside, margin 5 mm", "paper", {}),
-        ("large simplex, inside, margin 5 mm", "large", {}),
-        ("tiny simplex, inside, margin 5 mm", "tiny", {}),
+        ("paper simplex, inside, margin 5 mm", "paper", {"min_inside_fraction": 1.0}),
+        ("large simplex, inside, margin 5 mm", "large", {"min_inside_fraction": 1.0}),
+        ("tiny simplex, inside, margin 5 mm", "tiny", {"min_inside_fraction": 1.0}),
         ("paper simplex, 80 % inside", "paper", {"min_inside_fraction": 0.8}),
     ]
     print("times per call: wall clock, and CPU time of this process (less affected by other loads)")

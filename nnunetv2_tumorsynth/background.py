@@ -61,12 +61,21 @@ class GeneratorTotals:
 
     made: entries written. busy_seconds: wall seconds spent making entries, including the entry in
     progress. volumes_ml: tumour volume of each entry in ml. skipped_cases: cases found unusable.
+    sizes_requested / sizes_used / radii_mm / requested_radii_mm: per entry, the size preset asked for,
+    the preset placed, the placed mask's equivalent radius in mm after clipping, and the equivalent radius
+    in mm of the first tumour drawn at the requested preset. fallbacks: entries placed with a smaller
+    preset than requested (as in ``bank.GenerationStats``).
     """
 
     made: int = 0
     busy_seconds: float = 0.0
     volumes_ml: list[float] = field(default_factory=list)
     skipped_cases: list[str] = field(default_factory=list)
+    sizes_requested: list[str] = field(default_factory=list)
+    sizes_used: list[str] = field(default_factory=list)
+    radii_mm: list[float] = field(default_factory=list)
+    requested_radii_mm: list[float] = field(default_factory=list)
+    fallbacks: int = 0
 
 
 class BackgroundGenerator:
@@ -130,7 +139,9 @@ class BackgroundGenerator:
         """A copy of the cumulative figures, the entry in progress counted in ``busy_seconds``."""
         with self._condition:
             t = self._totals
-            return GeneratorTotals(t.made, self._busy_seconds(), list(t.volumes_ml), list(t.skipped_cases))
+            return GeneratorTotals(t.made, self._busy_seconds(), list(t.volumes_ml), list(t.skipped_cases),
+                                   list(t.sizes_requested), list(t.sizes_used), list(t.radii_mm),
+                                   list(t.requested_radii_mm), t.fallbacks)
 
     def check(self) -> None:
         """Raise the generator's exception in the calling thread, if it failed (once)."""
@@ -187,6 +198,11 @@ class BackgroundGenerator:
             self._totals.made += stats.made
             self._totals.volumes_ml += stats.volumes_ml
             self._totals.skipped_cases += stats.skipped_cases
+            self._totals.sizes_requested += stats.sizes_requested
+            self._totals.sizes_used += stats.sizes_used
+            self._totals.radii_mm += stats.radii_mm
+            self._totals.requested_radii_mm += stats.requested_radii_mm
+            self._totals.fallbacks += stats.fallbacks
             if stats.made == 0:  # every case is unusable: wait for the next epoch instead of spinning
                 self._epoch_exhausted = True
 

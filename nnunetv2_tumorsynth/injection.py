@@ -37,7 +37,12 @@ from nnunetv2_tumorsynth.bank import (
     entry_paths,
     write_preview,
 )
-from nnunetv2_tumorsynth.nnunet import find_ddpm_checkpoint, organ_and_tumour_labels
+from nnunetv2_tumorsynth.nnunet import (
+    case_slice_spacings_mm,
+    find_ddpm_checkpoint,
+    organ_and_tumour_labels,
+    preprocessed_spacing_mm,
+)
 from nnunetv2_tumorsynth.texture import DDPMTexture, HeuristicTexture
 
 SETTINGS_ENV = "TUMORSYNTH_SETTINGS"
@@ -61,7 +66,7 @@ class SyntheticTumourTraining:
             raise ValueError(
                 f"synthetic tumours support single-channel datasets; {plans_manager.dataset_name} has "
                 f"{len(dataset_json['channel_names'])} channels {dataset_json['channel_names']}")
-        self.spacing = tuple(configuration_manager.spacing)
+        self.spacing = self._spacing(plans_manager, configuration_manager, configuration, log)
         self.texture = self._texture(plans_manager, configuration_manager, configuration, fold, device)
         self.bank = SynthesisBank(self.bank_folder, self.texture, settings, self.spacing, self.organ_label,
                                   self.tumour_label, rank)
@@ -82,6 +87,28 @@ class SyntheticTumourTraining:
             log(f"synthetic tumours: 'background' not set: {'background' if self.background else 'synchronous'} "
                 f"synthesis because the device is {'' if on_cuda else 'not '}CUDA")
 
+    @staticmethod
+    def _spacing(plans_manager, configuration_manager, configuration, log) -> tuple[float, float, float]:
+        """The bank's 3-axis spacing (mm, preprocessed axis order). 2d: nnU-Net's 2d cases are 3D volumes
+        resampled in-plane only, so tumours are made in 3D there (the network sees their slices) with z the
+        dataset's median slice spacing; cases with another slice spacing are logged (an approximation: the
+        bank has one spacing for all cases)."""
+        if len(configuration_manager.spacing) == 3:
+            return tuple(float(s) for s in configuration_manager.spacing)
+        name, plans = plans_manager.dataset_name, plans_manager.plans
+        spacing = preprocessed_spacing_mm(name, plans, configuration_manager.spacing)
+        log(f"synthetic tumours: {configuration} configuration: tumours are made in 3D in each case's volume (the "
+            f"network trains on its slices) at {list(spacing)} mm (z, y, x): the plans' in-plane spacing and the "
+            f"median slice spacing of the cases (nnU-Net's 2d preprocessing does not resample z)")
+        slices = case_slice_spacings_mm(name, plans)
+        other = [z for z in slices if not math.isclose(z, spacing[0], rel_tol=0.01)]
+        if other:
+            log(f"synthetic tumours: WARNING {len(other)} of {len(slices)} cases have another slice spacing "
+                f"({min(slices):g} to {max(slices):g} mm, median {spacing[0]:g} mm); the bank uses the median for "
+                f"every case, so in those cases tumour sizes, margins and volumes along z are scaled by their "
+                f"slice spacing / {spacing[0]:g} mm")
+        return spacing
+
     def _texture(self, plans_manager, configuration_manager, configuration, fold, device):
         s = self.settings
         if s.texture == "heuristic":
@@ -92,7 +119,19 @@ class SyntheticTumourTraining:
 
         path = find_ddpm_checkpoint(plans_manager.dataset_name, plans_manager.plans_name, configuration, fold)
         texture = DDPMTexture(path, steps=s.ddpm_steps, sampler=s.ddpm_sampler, device=str(device))
-        check_compatible(texture.metadata, self.spacing, {"scheme": configuration_manager.normalization_schemes[0]})
+        try:
+            check_compatible(texture.metadata, self.spacing, {"scheme": configuration_manager.normalization_schemes[0]})
+        except ValueError as e:
+            name, plans = plans_manager.dataset_name, plans_manager.plans_name
+            made_for = [d.get("configuration") for d in texture.metadata.get("datasets", []) if isinstance(d, dict)]
+            note = (f" nnU-Net's {configuration} cases are 3D volumes at the plans' in-plane spacing, each with its "
+                    f"own slice spacing (median {self.spacing[0]:g} mm), which a 3d_fullres model generally does not "
+                    f"match." if len(configuration_manager.spacing) == 2 else "")
+            raise ValueError(
+                f"{e} (checkpoint {path}, trained on configuration(s) {made_for or 'unknown'}; this training: "
+                f"{configuration}).{note} Train a diffusion model on this configuration's data: "
+                f"tumorsynth_pretrain_ddpm -d {name} -c {configuration} -f {fold} -p {plans} (or use "
+                f"nnUNetTrainerSynthTumorHeuristic, which needs none)") from e
         self.log(f"synthetic tumours: diffusion model {path} (preset {texture.metadata['preset']}, crop "
                  f"{texture.crop_size} voxels, {s.ddpm_steps} {s.ddpm_sampler.upper()} steps)")
         return texture
@@ -156,9 +195,23 @@ class SyntheticTumourTraining:
         uses = count_uses(self.bank_folder) - self._uses_at_epoch_start
         volume = f"{np.mean(volumes):.1f} ml" if volumes else "n/a"
         held = sum(len(entry_paths(self.bank_folder, c)) for c in self.cases)
+        # requested vs achieved size of this epoch's entries (equivalent radii in mm, after clipping)
+        requested = sorted(set(now.sizes_requested[len(last.sizes_requested):]))
+        used = now.sizes_used[len(last.sizes_used):]
+        radii = now.radii_mm[len(last.radii_mm):]
+        drawn = now.requested_radii_mm[len(last.requested_radii_mm):]
+        fallbacks = now.fallbacks - last.fallbacks
+        sizes = "sizes n/a"
+        if radii:
+            sizes = (f"size {'/'.join(requested)} requested, median equivalent radius {np.median(drawn):.1f} mm "
+                     f"drawn vs {np.median(radii):.1f} mm placed (after clipping), {fallbacks} fallback(s) to "
+                     f"smaller presets")
+            smaller = ", ".join(f"{size} {used.count(size)}" for size in sorted(set(used) - set(requested)))
+            if smaller:
+                sizes += f" ({smaller})"
         self.log(f"synthetic tumours: {made} made (mean volume {volume}); generator busy {busy:.2f} s, "
                  f"training waited {self._waited_this_epoch:.2f} s; {uses} training samples received one; "
-                 f"bank holds {held} entries")
+                 f"bank holds {held} entries; {sizes}")
         every = self.settings.preview_every
         if self.rank == 0 and every and (epoch + 1) % every == 0:
             png = os.path.join(self.preview_folder, f"synthetic_tumours_epoch{epoch:04d}.png")
@@ -185,15 +238,20 @@ class SyntheticTumourTraining:
         self._totals.busy_seconds += stats.seconds
         self._totals.volumes_ml += stats.volumes_ml
         self._totals.skipped_cases += stats.skipped_cases
+        self._totals.sizes_requested += stats.sizes_requested
+        self._totals.sizes_used += stats.sizes_used
+        self._totals.radii_mm += stats.radii_mm
+        self._totals.requested_radii_mm += stats.requested_radii_mm
+        self._totals.fallbacks += stats.fallbacks
 
     def _copy_totals(self) -> GeneratorTotals:
         """Cumulative figures of both the synchronous calls and the background generator."""
         t = self._totals
-        if self.generator is not None:
-            g = self.generator.totals()
-            return GeneratorTotals(t.made + g.made, t.busy_seconds + g.busy_seconds, t.volumes_ml + g.volumes_ml,
-                                   t.skipped_cases + g.skipped_cases)
-        return GeneratorTotals(t.made, t.busy_seconds, list(t.volumes_ml), list(t.skipped_cases))
+        g = self.generator.totals() if self.generator is not None else GeneratorTotals()
+        return GeneratorTotals(
+            t.made + g.made, t.busy_seconds + g.busy_seconds, t.volumes_ml + g.volumes_ml,
+            t.skipped_cases + g.skipped_cases, t.sizes_requested + g.sizes_requested, t.sizes_used + g.sizes_used,
+            t.radii_mm + g.radii_mm, t.requested_radii_mm + g.requested_radii_mm, t.fallbacks + g.fallbacks)
 
     def _report_skipped(self, skipped_cases: list[str]) -> None:
         for case in skipped_cases:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from nnunetv2_tumorsynth.bank import SynthSettings
 from nnunetv2_tumorsynth.masks import random_tumour_mask
 from nnunetv2_tumorsynth.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
 
@@ -37,13 +40,14 @@ def paste(tumour, corner, shape=SHAPE):
 
 
 ORGAN = ellipsoid((35.0, 42.0, 42.0))
+WHOLE = {"min_inside_fraction": 1.0}  # the whole tumour inside the organ (the default lets it bulge out)
 
 
 def test_tumour_lies_fully_inside_organ():
     rng = np.random.default_rng(0)
     for _ in range(10):
         tumour = random_tumour_mask(SPACING, "simplex", "medium", rng)
-        corner = place_tumour(ORGAN, tumour, rng=rng, spacing=SPACING)
+        corner = place_tumour(ORGAN, tumour, rng=rng, spacing=SPACING, **WHOLE)
         assert corner is not None
         assert all(isinstance(c, int) for c in corner)
         placed = paste(tumour, corner)
@@ -60,7 +64,7 @@ def test_forbidden_and_margin_are_respected():
     for margin in (0.0, 5.0):
         for _ in range(8):
             tumour = ball(6.0)
-            corner = place_tumour(ORGAN, tumour, forbidden, rng=rng, spacing=SPACING, margin_mm=margin)
+            corner = place_tumour(ORGAN, tumour, forbidden, rng=rng, spacing=SPACING, margin_mm=margin, **WHOLE)
             assert corner is not None
             placed = paste(tumour, corner)
             assert not np.any(placed & ~ORGAN)
@@ -69,12 +73,13 @@ def test_forbidden_and_margin_are_respected():
 
 def test_none_when_tumour_larger_than_organ():
     small_organ = ellipsoid((8.0, 10.0, 10.0))
-    assert place_tumour(small_organ, ball(15.0), rng=0, spacing=SPACING) is None
+    assert place_tumour(small_organ, ball(15.0), rng=0, spacing=SPACING, **WHOLE) is None
     # fits in the box of the organ but not in the organ: a thin shell
     shell = ORGAN & ~ellipsoid((28.0, 35.0, 35.0))
-    assert place_tumour(shell, ball(9.0), rng=0, spacing=SPACING) is None
+    assert place_tumour(shell, ball(9.0), rng=0, spacing=SPACING, **WHOLE) is None
     # no room left between forbidden voxels
-    assert place_tumour(ORGAN, ball(9.0), ORGAN & ~ellipsoid((10.0, 10.0, 10.0)), rng=0, spacing=SPACING) is None
+    forbidden = ORGAN & ~ellipsoid((10.0, 10.0, 10.0))
+    assert place_tumour(ORGAN, ball(9.0), forbidden, rng=0, spacing=SPACING, **WHOLE) is None
     assert place_tumour(np.zeros(SHAPE, bool), ball(3.0), rng=0, spacing=SPACING) is None
 
 
@@ -82,7 +87,7 @@ def test_partial_inside_fraction():
     slab = np.zeros(SHAPE, bool)
     slab[16:24, 10:86, 10:86] = True  # 16 mm thick: a 24 mm ball cannot fit whole
     tumour = ball(12.0)
-    assert place_tumour(slab, tumour, rng=0, spacing=SPACING) is None
+    assert place_tumour(slab, tumour, rng=0, spacing=SPACING, **WHOLE) is None
     rng = np.random.default_rng(2)
     for _ in range(5):
         corner = place_tumour(slab, tumour, rng=rng, spacing=SPACING, min_inside_fraction=0.5)
@@ -99,12 +104,31 @@ def test_partial_inside_fraction():
         assert not np.any(paste(clipped, corner) & ~slab)
 
 
+def test_default_lets_a_tumour_bulge_out_at_the_organ_border():
+    """At the default min_inside_fraction (the trainers' too) a tumour thicker than the organ is placed at
+    its border; clipped to the organ it keeps at least that fraction of its voxels."""
+    fraction = inspect.signature(place_tumour).parameters["min_inside_fraction"].default
+    assert fraction == SynthSettings().min_inside_fraction
+    assert 0.5 <= fraction < 1.0
+    slab = np.zeros(SHAPE, bool)
+    slab[16:24, 10:86, 10:86] = True  # 16 mm thick; a ball of radius 12 mm keeps at most 85 % inside it
+    tumour = ball(12.0)
+    assert place_tumour(slab, tumour, rng=0, spacing=SPACING, **WHOLE) is None
+    rng = np.random.default_rng(6)
+    for _ in range(5):
+        corner = place_tumour(slab, tumour, rng=rng, spacing=SPACING)
+        assert corner is not None
+        clipped = clip_to_organ(tumour, slab, corner)
+        assert fraction * tumour.sum() <= clipped.sum() < tumour.sum()
+        assert not np.any(paste(clipped, corner) & ~slab)
+
+
 def test_finds_the_only_place_that_fits():
     organ = ellipsoid((6.0, 8.0, 8.0), centre_mm=(0, -30, -30)) | ellipsoid((20.0, 20.0, 20.0), centre_mm=(0, 20, 20))
     big_part = ellipsoid((20.0, 20.0, 20.0), centre_mm=(0, 20, 20))
     rng = np.random.default_rng(3)
     for _ in range(5):
-        corner = place_tumour(organ, ball(12.0), rng=rng, spacing=SPACING)
+        corner = place_tumour(organ, ball(12.0), rng=rng, spacing=SPACING, **WHOLE)
         assert corner is not None
         assert not np.any(paste(ball(12.0), corner) & ~big_part)
 

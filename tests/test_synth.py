@@ -10,6 +10,7 @@ import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from nnunetv2_tumorsynth.bank import (
+    SMALLER_SIZES,
     OverlaidArray,
     SynthesisBank,
     SyntheticTumourDataset,
@@ -20,6 +21,7 @@ from nnunetv2_tumorsynth.bank import (
     overlay_entry,
     write_preview,
 )
+from nnunetv2_tumorsynth.masks import equivalent_radius_mm
 from nnunetv2_tumorsynth.nnunet import find_ddpm_checkpoint
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.texture import HeuristicTexture
@@ -54,7 +56,7 @@ def dataset():
 
 
 def make_bank(folder, **settings):
-    s = SynthSettings(texture="heuristic", size="small", seed=1, **settings)
+    s = SynthSettings(**{"texture": "heuristic", "size": "small", "seed": 1, **settings})
     return SynthesisBank(str(folder), HeuristicTexture(), s, SPACING, organ_label=1, tumour_label=2)
 
 
@@ -77,6 +79,55 @@ def test_bank_entries_lie_in_the_organ_away_from_tumours(dataset, tmp_path):
             assert not np.allclose(e["values"][e["mask"]], e["before"][e["mask"]])
             assert e["volume_ml"] == pytest.approx(e["mask"].sum() * np.prod(SPACING) / 1000)
     assert not [f for f in os.listdir(tmp_path / "case0") if f.startswith(".")], "no temporary files left"
+
+
+def ball_organ_case(shape, centre_mm, semi_axes_mm):
+    """(data, seg) of a case whose organ (label 1) is an ellipsoid; centre in mm from the array's centre."""
+    grids = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING)], indexing="ij",
+                        sparse=True)
+    organ = sum(((g - c) / a) ** 2 for g, c, a in zip(grids, centre_mm, semi_axes_mm)) <= 1.0
+    image = np.where(organ, 1.0, 0.0) + np.random.default_rng(0).normal(0.0, 0.1, shape)
+    return image[None].astype(np.float32), organ[None].astype(np.int8)
+
+
+def test_bank_counts_fallbacks_and_records_sizes(dataset, tmp_path):
+    # an organ of radius 15 mm: a 'paper' tumour (semi-axes about 27 mm) never fits, even clipped
+    small = FakeDataset({"small": ball_organ_case((16, 32, 32), (0.0, 0.0, 0.0), (15.0, 15.0, 15.0))})
+    bank = make_bank(tmp_path, size="paper")
+    stats = bank.generate(small, ["small"], 3, epoch=0)
+    assert stats.made == 3 and stats.fallbacks == 3
+    assert stats.sizes_requested == ["paper"] * 3
+    assert all(size in SMALLER_SIZES for size in stats.sizes_used)
+    assert len(stats.radii_mm) == len(stats.requested_radii_mm) == 3
+    assert all(r > 20.0 for r in stats.requested_radii_mm), "the radius asked for: a 'paper' draw"
+    assert all(r < 15.0 for r in stats.radii_mm), "the radius placed: a smaller preset"
+    entries = [load_entry(p) for p in entry_paths(str(tmp_path), "small")]
+    placed = sorted(equivalent_radius_mm(e["mask"], SPACING) for e in entries)
+    assert placed == pytest.approx(sorted(stats.radii_mm))
+
+    # the phantom's liver holds 'small' tumours: no fallback
+    stats = make_bank(tmp_path / "phantom").generate(dataset, ["case0", "case1"], 2, epoch=0)
+    assert stats.fallbacks == 0 and stats.sizes_used == stats.sizes_requested == ["small", "small"]
+    assert all(5.0 < r < 11.0 for r in stats.radii_mm)
+
+
+def test_bank_places_paper_tumours_in_an_organ_cut_by_the_field_of_view(tmp_path):
+    # 16 slices of 3 mm: the organ (semi-axes 80 x 45 x 45 mm) is cut at 48 mm in z, as by a field of view;
+    # a 'paper' tumour (about 54 mm across) then fits only if it may cross the organ's cut face
+    shape = (16, 64, 64)
+    cut = FakeDataset({"cut": ball_organ_case(shape, (0.0, 0.0, 0.0), (80.0, 45.0, 45.0))})
+    whole = make_bank(tmp_path / "whole", size="paper", min_inside_fraction=1.0)
+    assert whole.generate(cut, ["cut"], 4, epoch=0).fallbacks >= 2
+    bank = make_bank(tmp_path / "default", size="paper")
+    stats = bank.generate(cut, ["cut"], 4, epoch=0)
+    assert stats.made == 4 and stats.fallbacks == 0 and stats.sizes_used == ["paper"] * 4
+    organ = cut.cases["cut"][1][0] == 1
+    for path in entry_paths(str(tmp_path / "default"), "cut"):
+        e = load_entry(path)
+        corner, size = e["corner"], np.array(e["mask"].shape)
+        assert np.all(corner >= 0) and np.all(corner + size <= shape), "the box lies in the case"
+        box = tuple(slice(int(c), int(c) + n) for c, n in zip(corner, size))
+        assert e["mask"].any() and not np.any(e["mask"] & ~organ[box]), "clipped to the organ"
 
 
 def test_bank_keeps_only_the_newest_entries(dataset, tmp_path):
