@@ -222,7 +222,9 @@ def test_training_synchronous_mode_waits_and_reports(dataset, tmp_path):
     for line in per_epoch:
         busy = float(line.split("generator busy ")[1].split(" s")[0])
         waited = float(line.split("training waited ")[1].split(" s")[0])
-        assert line.startswith("synthetic tumours: 1 made") and busy == waited > 0
+        # synchronous: the training waits exactly as long as the generator works (one heuristic
+        # tumour can take under 5 ms on a fast machine, so the logged 0.00 s is allowed)
+        assert line.startswith("synthetic tumours: 1 made") and busy == waited >= 0
 
 
 def test_training_raises_a_generator_error_at_the_epoch_end_and_logs_it(dataset, tmp_path):
