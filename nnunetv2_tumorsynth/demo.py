@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 from nnunetv2_tumorsynth.files import write_json_atomic
 
-DEMO_FORMAT = 1  # bump when the steps or their outputs change: older work folders are then refused
+DEMO_FORMAT = 2  # bump when the steps or their outputs change: older work folders are then refused
 SCARCE_ID, SCARCE_NAME = 970, "DemoScarce"
 PSEUDO_ID, GENERATED_ID = 971, 972
 PLANS = "tumorsynthTinyPlans"
@@ -44,6 +44,9 @@ class DemoSettings:
     epochs: int = 5  # nnU-Net trainers *_<epochs>epochs: 250 iterations each
     synthetic_trainer: str = "nnUNetTrainerSynthTumorHeuristic"
     synth_size: str = "small"
+    # a synthetic tumour in every training sample: the setting with which the heuristic texture helped in
+    # benchmarks/bench_benefit.py (its label-free arm); at 0.5 the 5-epoch network mostly learnt no tumour
+    synth_probability: float = 1.0
     features: tuple[int, int, int] = (8, 16, 32)
     generated_images: int = 4
 
@@ -103,7 +106,8 @@ class Demo:
             os.makedirs(self.env[var], exist_ok=True)
         os.makedirs(self.path(".steps"), exist_ok=True)
         write_json_atomic(expected, stamp)
-        write_json_atomic({"size": self.settings.synth_size, "preview_every": 0},
+        write_json_atomic({"size": self.settings.synth_size, "probability": self.settings.synth_probability,
+                           "preview_every": 0},
                           self.env["TUMORSYNTH_SETTINGS"])
         self.env["nnUNet_extTrainer"] = self.capture(["tumorsynth_env", "--trainers-path"]).strip()
 
@@ -163,7 +167,8 @@ class Demo:
                  f"plain nnU-Net, {s.epochs} x 250 iterations"),
             Step("train_synthetic", [["nnUNetv2_train", str(SCARCE_ID), "3d_fullres", "all", *plans, "-tr", synth,
                                       *cpu]],
-                 f"the same budget with synthetic tumours ({s.synthetic_trainer}, size {s.synth_size!r})"),
+                 f"the same budget with synthetic tumours ({s.synthetic_trainer}, size {s.synth_size!r}, "
+                 f"probability {s.synth_probability})"),
             Step("predict", [["nnUNetv2_predict", "-d", str(SCARCE_ID), "-c", "3d_fullres", "-f", "all", *plans,
                               "-tr", t, "-i", os.path.join(raw, "imagesTs"), "-o", out, *cpu, "--disable_tta",
                               "-npp", "1", "-nps", "1"] for t, out in predictions.items()],
