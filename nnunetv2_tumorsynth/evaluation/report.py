@@ -248,7 +248,8 @@ def plot_dice_differences(summary: dict, comparison: dict, label: str, path: str
         ax.hist(values, bins=max(5, min(30, len(values))), color="tab:blue", alpha=0.8)
         ax.axvline(float(np.mean(values)), color="tab:red", label=f"mean {np.mean(values):+.1f}")
     ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
-    ax.set_xlabel(f"Dice difference (points): {comparison['prediction']} - {comparison['baseline']}")
+    # one line per model: nnU-Net trainer names are long enough to run off a 6-inch figure
+    ax.set_xlabel(f"Dice difference (points)\n{comparison['prediction']}\nminus {comparison['baseline']}", fontsize=8)
     ax.set_ylabel("Cases")
     ax.set_title(f"Label {label} ({summary['settings']['labels'][label]}): n = {len(values)}, one-tailed t-test "
                  f"p = {_p(test['t_p_value'])}, Wilcoxon p = {_p(test['wilcoxon_p_value'])}", fontsize=9)
