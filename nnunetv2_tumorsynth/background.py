@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nnunetv2_tumorsynth.bank import SynthesisBank
+from nnunetv2_tumorsynth.bank import GenerationStats, SynthesisBank
 
 THREAD_NAME = "tumorsynth-generator"
 
@@ -76,6 +76,26 @@ class GeneratorTotals:
     radii_mm: list[float] = field(default_factory=list)
     requested_radii_mm: list[float] = field(default_factory=list)
     fallbacks: int = 0
+
+    def add(self, stats: GenerationStats, busy_seconds: float) -> None:
+        """Count one ``SynthesisBank.generate`` call that took ``busy_seconds`` of wall time."""
+        self.made += stats.made
+        self.busy_seconds += busy_seconds
+        self.volumes_ml += stats.volumes_ml
+        self.skipped_cases += stats.skipped_cases
+        self.sizes_requested += stats.sizes_requested
+        self.sizes_used += stats.sizes_used
+        self.radii_mm += stats.radii_mm
+        self.requested_radii_mm += stats.requested_radii_mm
+        self.fallbacks += stats.fallbacks
+
+    def __add__(self, other: GeneratorTotals) -> GeneratorTotals:
+        """Both totals together, as a new object (lists copied)."""
+        return GeneratorTotals(
+            self.made + other.made, self.busy_seconds + other.busy_seconds, self.volumes_ml + other.volumes_ml,
+            self.skipped_cases + other.skipped_cases, self.sizes_requested + other.sizes_requested,
+            self.sizes_used + other.sizes_used, self.radii_mm + other.radii_mm,
+            self.requested_radii_mm + other.requested_radii_mm, self.fallbacks + other.fallbacks)
 
 
 class BackgroundGenerator:
@@ -138,10 +158,9 @@ class BackgroundGenerator:
     def totals(self) -> GeneratorTotals:
         """A copy of the cumulative figures, the entry in progress counted in ``busy_seconds``."""
         with self._condition:
-            t = self._totals
-            return GeneratorTotals(t.made, self._busy_seconds(), list(t.volumes_ml), list(t.skipped_cases),
-                                   list(t.sizes_requested), list(t.sizes_used), list(t.radii_mm),
-                                   list(t.requested_radii_mm), t.fallbacks)
+            copy = self._totals + GeneratorTotals()
+            copy.busy_seconds = self._busy_seconds()
+            return copy
 
     def check(self) -> None:
         """Raise the generator's exception in the calling thread, if it failed (once)."""
@@ -193,16 +212,8 @@ class BackgroundGenerator:
             self._busy_since = time.perf_counter()
         stats = self.bank.generate(self.dataset, self.cases, 1, epoch)
         with self._condition:
-            self._totals.busy_seconds += time.perf_counter() - self._busy_since
+            self._totals.add(stats, time.perf_counter() - self._busy_since)
             self._busy_since = None
-            self._totals.made += stats.made
-            self._totals.volumes_ml += stats.volumes_ml
-            self._totals.skipped_cases += stats.skipped_cases
-            self._totals.sizes_requested += stats.sizes_requested
-            self._totals.sizes_used += stats.sizes_used
-            self._totals.radii_mm += stats.radii_mm
-            self._totals.requested_radii_mm += stats.requested_radii_mm
-            self._totals.fallbacks += stats.fallbacks
             if stats.made == 0:  # every case is unusable: wait for the next epoch instead of spinning
                 self._epoch_exhausted = True
 

@@ -29,7 +29,6 @@ import torch
 
 from nnunetv2_tumorsynth.background import BackgroundGenerator, GeneratorTotals
 from nnunetv2_tumorsynth.bank import (
-    GenerationStats,
     SynthesisBank,
     SyntheticTumourDataset,
     SynthSettings,
@@ -151,7 +150,7 @@ class SyntheticTumourTraining:
         else:
             initial = max(self.entries_per_epoch, missing) if self.rank == 0 else self.entries_per_epoch
         stats = self.bank.generate(self.dataset, self.cases, initial, epoch)
-        self._add(stats)
+        self._totals.add(stats, stats.seconds)
         self._reported = self._copy_totals()
         self._report_skipped(stats.skipped_cases)
         s = self.settings
@@ -176,7 +175,7 @@ class SyntheticTumourTraining:
         self._uses_at_epoch_start = count_uses(self.bank_folder)
         if self.generator is None:
             stats = self.bank.generate(self.dataset, self.cases, self.entries_per_epoch, epoch)
-            self._add(stats)
+            self._totals.add(stats, stats.seconds)
             self._waited_this_epoch = stats.seconds
             return
         self.generator.check()
@@ -233,25 +232,9 @@ class SyntheticTumourTraining:
             self.log(f"synthetic tumours: ERROR the background generator failed in epoch {generator.error_epoch}:\n"
                      f"{generator.error_traceback}")
 
-    def _add(self, stats: GenerationStats) -> None:
-        self._totals.made += stats.made
-        self._totals.busy_seconds += stats.seconds
-        self._totals.volumes_ml += stats.volumes_ml
-        self._totals.skipped_cases += stats.skipped_cases
-        self._totals.sizes_requested += stats.sizes_requested
-        self._totals.sizes_used += stats.sizes_used
-        self._totals.radii_mm += stats.radii_mm
-        self._totals.requested_radii_mm += stats.requested_radii_mm
-        self._totals.fallbacks += stats.fallbacks
-
     def _copy_totals(self) -> GeneratorTotals:
         """Cumulative figures of both the synchronous calls and the background generator."""
-        t = self._totals
-        g = self.generator.totals() if self.generator is not None else GeneratorTotals()
-        return GeneratorTotals(
-            t.made + g.made, t.busy_seconds + g.busy_seconds, t.volumes_ml + g.volumes_ml,
-            t.skipped_cases + g.skipped_cases, t.sizes_requested + g.sizes_requested, t.sizes_used + g.sizes_used,
-            t.radii_mm + g.radii_mm, t.requested_radii_mm + g.requested_radii_mm, t.fallbacks + g.fallbacks)
+        return self._totals + (self.generator.totals() if self.generator is not None else GeneratorTotals())
 
     def _report_skipped(self, skipped_cases: list[str]) -> None:
         for case in skipped_cases:
