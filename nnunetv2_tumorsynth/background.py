@@ -77,8 +77,8 @@ class GeneratorTotals:
     requested_radii_mm: list[float] = field(default_factory=list)
     fallbacks: int = 0
 
-    def add(self, stats: GenerationStats, busy_seconds: float) -> None:
-        """Count one ``SynthesisBank.generate`` call that took ``busy_seconds`` of wall time."""
+    def add(self, stats: GenerationStats | GeneratorTotals, busy_seconds: float) -> None:
+        """Count one ``SynthesisBank.generate`` call (or other totals) that took ``busy_seconds`` of wall time."""
         self.made += stats.made
         self.busy_seconds += busy_seconds
         self.volumes_ml += stats.volumes_ml
@@ -91,11 +91,10 @@ class GeneratorTotals:
 
     def __add__(self, other: GeneratorTotals) -> GeneratorTotals:
         """Both totals together, as a new object (lists copied)."""
-        return GeneratorTotals(
-            self.made + other.made, self.busy_seconds + other.busy_seconds, self.volumes_ml + other.volumes_ml,
-            self.skipped_cases + other.skipped_cases, self.sizes_requested + other.sizes_requested,
-            self.sizes_used + other.sizes_used, self.radii_mm + other.radii_mm,
-            self.requested_radii_mm + other.requested_radii_mm, self.fallbacks + other.fallbacks)
+        total = GeneratorTotals()
+        for part in (self, other):
+            total.add(part, part.busy_seconds)
+        return total
 
 
 class BackgroundGenerator:
@@ -158,8 +157,8 @@ class BackgroundGenerator:
     def totals(self) -> GeneratorTotals:
         """A copy of the cumulative figures, the entry in progress counted in ``busy_seconds``."""
         with self._condition:
-            copy = self._totals + GeneratorTotals()
-            copy.busy_seconds = self._busy_seconds()
+            copy = GeneratorTotals()
+            copy.add(self._totals, self._busy_seconds())
             return copy
 
     def check(self) -> None:
