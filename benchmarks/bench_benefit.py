@@ -24,9 +24,12 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    Synthetic tumours use ``size="small"`` (Hu et al. 2023: 8 mm radius), chosen from the size of the
    annotated training tumours (the phantom draws 4-11 mm), never from the test cases; 20 DDIM steps for the
    DDPM arm (CPU budget). The label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5.
+   Heuristic tumours have the trainers' default polarity, darker than the organ (Hu et al. 2023).
 4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
    run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests).
-5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``.
+5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``. The phantom's tumours
+   are darker or brighter than the organ (half each in expectation); the table gives the sensitivity for each
+   polarity separately (``lesion_polarities``: the tumour's mean against the organ's mean in the raw image).
 
 Run::
 
@@ -99,6 +102,39 @@ def run_env(env: dict, workdir: str, run: int) -> dict:
     for name, dataset_id in DATASETS.items():  # the DDPM (trained once) is found by the trainers through the env
         os.makedirs(os.path.join(results, f"Dataset{dataset_id}_{name}"), exist_ok=True)
     return {**env, "nnUNet_results": results}
+
+
+def lesion_polarities(images: str, labels: str) -> dict[tuple[str, int], str]:
+    """(case, lesion) -> "darker" | "brighter": each test tumour's mean against its organ's mean in the raw image.
+
+    Lesions are numbered as ``tumorsynth_evaluate`` numbers them (connected components, full connectivity,
+    in the label array's raster order), so they join with its lesions.csv."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    polarities = {}
+    for name in sorted(os.listdir(labels)):
+        case = name[: -len(".nii.gz")]
+        label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels, name)))
+        image = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(images, f"{case}_0000.nii.gz")))
+        components, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+        organ_mean = image[label == 1].mean()
+        for i in range(1, n + 1):
+            polarities[(case, i)] = "darker" if image[components == i].mean() < organ_mean else "brighter"
+    return polarities
+
+
+def sensitivity_by_polarity(lesions_csv: str, arm: str, polarities: dict[tuple[str, int], str]) -> dict:
+    """Share of the darker and of the brighter test tumours that an arm detected (tumorsynth_evaluate's lesions)."""
+    import csv
+
+    found: dict[str, list[bool]] = {"darker": [], "brighter": []}
+    with open(lesions_csv) as f:
+        for row in csv.DictReader(f):
+            if row["folder"] == arm and row["label"] == "2":
+                found[polarities[(row["case"], int(row["lesion"]))]].append(row["detected"] == "True")
+    return {f"{key}_sensitivity": float(np.mean(v)) if v else None for key, v in found.items()} | {
+        f"{key}_n": len(v) for key, v in found.items()}
 
 
 def summarise(summary_file: str, arm: str) -> dict:
@@ -188,6 +224,7 @@ def main() -> None:
     env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
 
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    polarities = lesion_polarities(test_images, test_labels)
     for run in range(args.runs):
         renv = run_env(env, work, run)
         predictions = {}
@@ -215,15 +252,19 @@ def main() -> None:
             timings[f"{arm}_run{run}_evaluate"] = sh(
                 ["tumorsynth_evaluate", "-ref", test_labels, "-pred", predictions[arm], *baseline, "-l", "liver",
                  "tumour", "--tolerance-mm", "2", "-np", "2", "-o", report, "--overwrite"], renv, log)
-            rows[arm].append(summarise(os.path.join(report, "summary.json"), arm))
+            rows[arm].append(summarise(os.path.join(report, "summary.json"), arm)
+                             | sensitivity_by_polarity(os.path.join(report, "lesions.csv"), arm, polarities))
 
     total = time.perf_counter() - start_all
-    header = ("arm", "tumour Dice", "tumour NSD@2mm", "lesion sens.", "sens. <5 mm", "FP/case", "organ Dice",
-              "p (t, vs plain)", "p (Wilcoxon)")
+    n_darker = sum(v == "darker" for v in polarities.values())
+    header = ("arm", "tumour Dice", "tumour NSD@2mm", "lesion sens.", "sens. <5 mm",
+              f"sens. darker ({n_darker})", f"sens. brighter ({len(polarities) - n_darker})", "FP/case",
+              "organ Dice", "p (t, vs plain)", "p (Wilcoxon)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in args.arms:
         r = rows[arm]
         cells = [mean_std([x[key] for x in r]) for key in ("dice", "nsd", "sensitivity", "small_sensitivity",
+                                                           "darker_sensitivity", "brighter_sensitivity",
                                                            "fp_per_case", "organ_dice")]
         for key in ("p_t", "p_wilcoxon"):
             cells.append("-" if arm == "plain" else

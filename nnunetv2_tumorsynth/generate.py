@@ -75,6 +75,7 @@ from nnunetv2_tumorsynth.files import (
     write_dataset_json,
     write_json_atomic,
 )
+from nnunetv2_tumorsynth.texture import POLARITIES
 
 SUPPORTED_NORMALISATIONS = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization",
                             "RGBTo01Normalization")
@@ -103,6 +104,7 @@ class GenerateSettings:
     num_images: synthetic images (default 1000; with ``replace_real`` default one per training case
         that has a tumour).
     texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (Hu et al. 2023).
+    heuristic_polarity: heuristic texture only, as in ``bank.SynthSettings``: "darker", "brighter", "either".
     steps / sampler: diffusion sampling (the paper: 250 DDIM steps).
     checkpoint: diffusion checkpoint; None = the one ``tumorsynth_pretrain_ddpm`` wrote for this
         dataset, plans, configuration and fold (or ``$TUMORSYNTH_DDPM_CHECKPOINT``).
@@ -124,6 +126,7 @@ class GenerateSettings:
     num_images: int | None = None
     name: str | None = None
     texture: str = "ddpm"
+    heuristic_polarity: str = "darker"
     steps: int = 250
     sampler: str = "ddim"
     checkpoint: str | None = None
@@ -448,7 +451,7 @@ def make_texture(settings: GenerateSettings, source: Source):
     from nnunetv2_tumorsynth.texture import DDPMTexture, HeuristicTexture
 
     if settings.texture == "heuristic":
-        return HeuristicTexture(), None
+        return HeuristicTexture(polarity=settings.heuristic_polarity), None
     import torch
 
     from nnunetv2_tumorsynth.ddpm import check_compatible
@@ -599,8 +602,8 @@ class Generator:
         self.checkpoint_sha256 = sha256_of(self.checkpoint) if self.checkpoint else None
         self.synth_settings = SynthSettings(
             deformation=settings.deformation, size=settings.size, texture=settings.texture,
-            ddpm_steps=settings.steps, ddpm_sampler=settings.sampler, margin_mm=settings.margin_mm,
-            avoid_vessels=settings.avoid_vessels, seed=settings.seed)
+            heuristic_polarity=settings.heuristic_polarity, ddpm_steps=settings.steps, ddpm_sampler=settings.sampler,
+            margin_mm=settings.margin_mm, avoid_vessels=settings.avoid_vessels, seed=settings.seed)
         self.staging = _Staging(self.source.raw_root, self.full_name)
         self._bank: SynthesisBank | None = None
         if settings.replace_real:
@@ -631,6 +634,8 @@ class Generator:
         s = self.settings
         if s.texture not in TEXTURES:
             raise GenerateError(f"texture must be one of {TEXTURES}, got {s.texture!r}")
+        if s.heuristic_polarity not in POLARITIES:
+            raise GenerateError(f"heuristic_polarity must be one of {list(POLARITIES)}, got {s.heuristic_polarity!r}")
         if s.size not in SIZES:
             raise GenerateError(f"size must be one of {SIZES}, got {s.size!r}")
         if s.deformation not in ("simplex", "elastic", None):

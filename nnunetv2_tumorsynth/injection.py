@@ -111,7 +111,7 @@ class SyntheticTumourTraining:
     def _texture(self, plans_manager, configuration_manager, configuration, fold, device):
         s = self.settings
         if s.texture == "heuristic":
-            return HeuristicTexture()
+            return HeuristicTexture(polarity=s.heuristic_polarity)
         if s.texture != "ddpm":
             raise ValueError(f"unknown texture backend {s.texture!r}; choose 'ddpm' or 'heuristic'")
         from nnunetv2_tumorsynth.ddpm import check_compatible

@@ -59,6 +59,24 @@ def test_tumour_contrast_is_in_parenchyma_sds_and_outside_is_untouched():
     assert 2.3 < abs(out[core].mean() - image[organ & ~mask].mean()) < 3.7
 
 
+@pytest.mark.parametrize("polarity, signs", [("darker", {-1}), ("brighter", {1}), ("either", {-1, 1})])
+def test_polarity_sets_the_sign_of_the_tumour_contrast(polarity, signs):
+    rng = np.random.default_rng(2)
+    image, organ, _ = parenchyma_crop(rng)
+    mask = ball(image.shape, (8, 20, 20), 7.0)
+    core = mask & ball(image.shape, (8, 20, 20), 4.0)
+    parenchyma = image[organ & ~mask].mean()
+    texture = HeuristicTexture(contrast_sd=(2.0, 2.0), capsule_probability=0.0, polarity=polarity)
+    seen = {int(np.sign(fill_one(texture, image, mask, organ, seed)[core].mean() - parenchyma)) for seed in range(12)}
+    assert seen == signs
+
+
+def test_default_polarity_is_darker_as_hu_et_al_and_a_bad_one_is_refused():
+    assert HeuristicTexture().polarity == "darker" and SynthSettings().heuristic_polarity == "darker"
+    with pytest.raises(ValueError, match="heuristic_polarity"):
+        HeuristicTexture(polarity="dark")
+
+
 def capsule_contrast(texture, seed):
     """(rim mean - core mean) in parenchyma SDs for one filled ball of 9 mm radius."""
     rng = np.random.default_rng(seed)
@@ -84,19 +102,21 @@ def test_capsule_is_visible_in_parenchyma_sds():
 
 
 def test_blur_and_grain_are_in_mm():
-    """The same physical tumour at two spacings: edge blur reaches the same distance in mm."""
-    texture = HeuristicTexture(contrast_sd=(4.0, 4.0), capsule_probability=0.0, edge_blur_mm=(3.0, 3.0))
-    widths = []
+    """The same physical tumour at two spacings: the edge profile is the same function of mm."""
+    # a contrast of 40 SDs: the profile is the blend weight, the texture's grain (1 SD) is 2.5 % of it
+    texture = HeuristicTexture(contrast_sd=(40.0, 40.0), capsule_probability=0.0, edge_blur_mm=(3.0, 3.0))
+    profiles = []
     for spacing in ((2.0, 2.0, 2.0), (1.0, 1.0, 1.0)):
         n = int(round(40 / spacing[0]))
         image = np.zeros((n, n, n), np.float32)
         organ = np.ones_like(image, bool)
         mask = ball(image.shape, (n / 2, n / 2, n / 2), 12.0, spacing)
         out = fill_one(texture, image, mask, organ, seed=3, spacing=spacing)
-        profile = np.abs(out[n // 2, n // 2, n // 2:])  # centre to edge along x
-        full = profile[0]
-        widths.append(np.count_nonzero((profile > 0.1 * full) & (profile < 0.9 * full)) * spacing[0])
-    assert widths[0] == pytest.approx(widths[1], abs=2.0)
+        profile = np.abs(out[n // 2, n // 2, n // 2:])  # centre to edge along x, one value per voxel
+        profiles.append(profile / profile[0])
+    coarse, fine = profiles[0], profiles[1][::2]  # both at 0, 2, 4, ... mm from the centre
+    assert np.abs(coarse - fine).max() < 0.1
+    assert coarse[5] < 0.8  # 10 mm from the centre, 2 mm inside the edge: the blur is visible
 
 
 def test_mass_effect_follows_hu_eq5_and_leaves_the_outside_unchanged():

@@ -3,7 +3,8 @@
 Usage::
 
     tumorsynth_generate -d 501 -c 3d_fullres -f 0 [-p nnUNetPlans] -n 1000 --as-dataset 503 \\
-        [--texture ddpm|heuristic] [--steps 250] [--sampler ddim] [--deformation simplex|elastic] \\
+        [--texture ddpm|heuristic] [--polarity darker|brighter|either] [--steps 250] [--sampler ddim] \\
+        [--deformation simplex|elastic] \\
         [--size paper|tiny|small|medium|large|mix] [--include-real] [--replace-real] [--seed S] \\
         [-device cuda|cpu] [--overwrite]
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--texture", choices=("ddpm", "heuristic"), default="ddpm",
                         help="ddpm: the diffusion model of tumorsynth_pretrain_ddpm (default); heuristic: Hu et al. "
                              "2023's hand-made texture, no model needed")
+    parser.add_argument("--polarity", choices=("darker", "brighter", "either"), default="darker",
+                        help="heuristic texture: tumours darker than the organ (default, Hu et al. 2023; portal "
+                             "venous and delayed phases), brighter (arterial phase) or either")
     parser.add_argument("--steps", type=int, default=250, help="diffusion sampling steps (default 250, the paper's)")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     parser.add_argument("--checkpoint", default=None,
@@ -67,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = GenerateSettings(
         dataset=args.d, as_dataset=args.as_dataset, configuration=args.c, fold=args.f, plans=args.p,
-        num_images=args.n, name=args.name, texture=args.texture, steps=args.steps, sampler=args.sampler,
-        checkpoint=args.checkpoint, deformation=None if args.deformation == "none" else args.deformation,
+        num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity, steps=args.steps,
+        sampler=args.sampler, checkpoint=args.checkpoint,
+        deformation=None if args.deformation == "none" else args.deformation,
         size=args.size, include_real=args.include_real, replace_real=args.replace_real, margin_mm=args.margin_mm,
         avoid_vessels=args.avoid_vessels, organ_label=args.organ_label, tumour_label=args.tumour_label,
         seed=args.seed, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite)
