@@ -686,7 +686,9 @@ class Generator:
                 "image": self.image_name(index, case), "index": index, "mode": "replaced" if self.settings.replace_real
                 else "synthetic", "source_case": case, "source_image": source.image_file, "tumours": tumours,
                 "deformation": self.settings.deformation, "size_requested": self.settings.size,
-                "texture": self.settings.texture, "steps": self.settings.steps if self.checkpoint else None,
+                "texture": self.settings.texture,
+                "polarity": self.settings.heuristic_polarity if self.settings.texture == "heuristic" else None,
+                "steps": self.settings.steps if self.checkpoint else None,
                 "sampler": self.settings.sampler if self.checkpoint else None, "checkpoint": self.checkpoint,
                 "checkpoint_sha256": self.checkpoint_sha256, "seed": self.settings.seed,
                 "rng": f"numpy.random.default_rng([{self.settings.seed}, {index}])",
@@ -877,8 +879,8 @@ class Generator:
 
 
 CSV_COLUMNS = ("image", "index", "mode", "source_case", "tumour", "centre_x_mm", "centre_y_mm", "centre_z_mm",
-               "volume_ml", "voxels", "size", "size_requested", "replaced", "deformation", "texture", "steps",
-               "sampler", "checkpoint", "checkpoint_sha256", "seed")
+               "volume_ml", "voxels", "size", "size_requested", "replaced", "deformation", "texture", "polarity",
+               "steps", "sampler", "checkpoint", "checkpoint_sha256", "seed")
 
 
 def _write_records_csv(records: list[dict], path: str) -> None:

@@ -244,7 +244,8 @@ def test_mix_sizes_elastic_reproducible_and_no_real_cases(phantom_dataset):
             assert np.array_equal(a, b), "same seed, same images"
     rows = list(csv.DictReader(open(os.path.join(first, "synthesis_records.csv"))))
     assert [row["image"] for row in rows] == [r["image"] for r in records]
-    assert all(float(row["volume_ml"]) > 0 and row["texture"] == "heuristic" for row in rows)
+    assert all(float(row["volume_ml"]) > 0 and row["texture"] == "heuristic" and row["polarity"] == "darker"
+               for row in rows)
     split = json.load(open(os.path.join(phantom_dataset.preprocessed, "splits_final.json")))
     assert not {r["source_case"] for r in records} & set(split[0]["val"]), "fold 0's validation cases never read"
     check_splits(first, records, split)
@@ -380,6 +381,9 @@ def test_errors_name_what_to_do(ddpm_dataset, phantom_dataset, capsys, monkeypat
         generate_dataset(GenerateSettings(dataset=ds.dataset_id, as_dataset=968, fold=3, plans=TINY_PLANS,
                                           device="cpu", num_images=1), progress=False, log=quiet)
     assert not glob.glob(os.path.join(raw_root(), "*968_*"))
+    with pytest.raises(GenerateError, match="heuristic_polarity must be one of"):
+        generate_dataset(GenerateSettings(dataset=ds.dataset_id, as_dataset=969, plans=TINY_PLANS,
+                                          texture="heuristic", heuristic_polarity="dark"), progress=False, log=quiet)
     with pytest.raises(GenerateError, match="is the source dataset"):
         generate_dataset(GenerateSettings(dataset=ds.dataset_id, as_dataset=ds.dataset_id, plans=TINY_PLANS,
                                           texture="heuristic"), progress=False, log=quiet)
