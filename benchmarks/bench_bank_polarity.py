@@ -14,7 +14,7 @@ and the tumour Dice and detection (any predicted tumour voxel on the entry's mas
 entry's contrast is (mean inside the mask after - before) in SDs of the case's organ (organ label, vessels
 included). One table per model: Dice and detection by contrast bin, darker and brighter entries apart.
 No test case is read: this is a diagnosis of what the network learnt from the synthetic tumours.
-Measured: README, "Does it help?" (why the heuristic texture's default polarity is "darker").
+Measured: README, "Does it help?" (the heuristic texture's polarity).
 """
 
 from __future__ import annotations

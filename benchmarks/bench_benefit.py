@@ -24,7 +24,8 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    Synthetic tumours use ``size="small"`` (Hu et al. 2023: 8 mm radius), chosen from the size of the
    annotated training tumours (the phantom draws 4-11 mm), never from the test cases; 20 DDIM steps for the
    DDPM arm (CPU budget). The label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5.
-   Heuristic tumours have the trainers' default polarity, darker than the organ (Hu et al. 2023).
+   Heuristic tumours (heur, free) have the polarity of ``--heuristic-polarity`` (default: the trainers'
+   default, "either"; "darker" is Hu et al. 2023's).
 4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
    run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests).
 5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``. The phantom's tumours
@@ -34,7 +35,8 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 Run::
 
     python benchmarks/bench_benefit.py [--workdir /tmp/bench_benefit] [--runs 3] [--epochs 10] \\
-        [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full]
+        [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full] \\
+        [--heuristic-polarity either|darker|brighter]
 
 Measured: see the README section "Does it help?" (the figures, the command and the machine).
 """
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--ddpm-epochs", type=int, default=300)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
+                        help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (the test set uses seed + 1000)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing --workdir: skip finished steps")
     args = parser.parse_args()
@@ -196,7 +200,8 @@ def main() -> None:
     for arm in ARMS:
         settings_files[arm] = os.path.join(work, f"synth_settings_{arm}.json")
         with open(settings_files[arm], "w") as f:
-            json.dump({**SYNTH_SETTINGS, **ARM_SETTINGS.get(arm, {})}, f)
+            json.dump({**SYNTH_SETTINGS, "heuristic_polarity": args.heuristic_polarity, **ARM_SETTINGS.get(arm, {})},
+                      f)
     log = os.path.join(work, "commands.log")
     timings_file = os.path.join(work, "timings.json")  # kept across --reuse invocations: the whole cost
     timings: dict[str, float] = {}

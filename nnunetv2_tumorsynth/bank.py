@@ -46,8 +46,9 @@ class SynthSettings:
     deformation / size: mask shape, see ``masks.random_tumour_mask`` ("simplex"|"elastic"|None;
         "paper"|"tiny"|"small"|"medium"|"large"|"mix").
     texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (Hu et al. 2023).
-    heuristic_polarity: heuristic texture only: "darker" (default, Hu et al. 2023; portal venous and
-        delayed phases), "brighter" (arterial phase) or "either" (``texture.HeuristicTexture``).
+    heuristic_polarity: heuristic texture only: "either" (default: darker or brighter at random),
+        "darker" (Hu et al. 2023; portal venous and delayed phases) or "brighter" (arterial phase); see
+        ``texture.HeuristicTexture`` for what each did in the benefit benchmark.
     ddpm_steps / ddpm_sampler: sampling of the diffusion model during training.
     reuse: how many training samples one entry serves on average; sets how many entries are made
         per epoch (iterations x batch size x probability / reuse).
@@ -88,7 +89,7 @@ class SynthSettings:
     deformation: str | None = "simplex"
     size: str = "paper"
     texture: str = "ddpm"
-    heuristic_polarity: str = "darker"
+    heuristic_polarity: str = "either"
     ddpm_steps: int = 50
     ddpm_sampler: str = "ddim"
     reuse: int = 10

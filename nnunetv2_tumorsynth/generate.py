@@ -126,7 +126,7 @@ class GenerateSettings:
     num_images: int | None = None
     name: str | None = None
     texture: str = "ddpm"
-    heuristic_polarity: str = "darker"
+    heuristic_polarity: str = "either"
     steps: int = 250
     sampler: str = "ddim"
     checkpoint: str | None = None

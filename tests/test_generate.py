@@ -244,7 +244,7 @@ def test_mix_sizes_elastic_reproducible_and_no_real_cases(phantom_dataset):
             assert np.array_equal(a, b), "same seed, same images"
     rows = list(csv.DictReader(open(os.path.join(first, "synthesis_records.csv"))))
     assert [row["image"] for row in rows] == [r["image"] for r in records]
-    assert all(float(row["volume_ml"]) > 0 and row["texture"] == "heuristic" and row["polarity"] == "darker"
+    assert all(float(row["volume_ml"]) > 0 and row["texture"] == "heuristic" and row["polarity"] == "either"
                for row in rows)
     split = json.load(open(os.path.join(phantom_dataset.preprocessed, "splits_final.json")))
     assert not {r["source_case"] for r in records} & set(split[0]["val"]), "fold 0's validation cases never read"

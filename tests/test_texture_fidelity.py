@@ -71,8 +71,8 @@ def test_polarity_sets_the_sign_of_the_tumour_contrast(polarity, signs):
     assert seen == signs
 
 
-def test_default_polarity_is_darker_as_hu_et_al_and_a_bad_one_is_refused():
-    assert HeuristicTexture().polarity == "darker" and SynthSettings().heuristic_polarity == "darker"
+def test_default_polarity_is_either_and_a_bad_one_is_refused():
+    assert HeuristicTexture().polarity == "either" and SynthSettings().heuristic_polarity == "either"
     with pytest.raises(ValueError, match="heuristic_polarity"):
         HeuristicTexture(polarity="dark")
 

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--texture", choices=("ddpm", "heuristic"), default="ddpm",
                         help="ddpm: the diffusion model of tumorsynth_pretrain_ddpm (default); heuristic: Hu et al. "
                              "2023's hand-made texture, no model needed")
-    parser.add_argument("--polarity", choices=("darker", "brighter", "either"), default="darker",
-                        help="heuristic texture: tumours darker than the organ (default, Hu et al. 2023; portal "
-                             "venous and delayed phases), brighter (arterial phase) or either")
+    parser.add_argument("--polarity", choices=("darker", "brighter", "either"), default="either",
+                        help="heuristic texture: tumours darker or brighter than the organ at random (default), "
+                             "darker (Hu et al. 2023; portal venous and delayed phases) or brighter (arterial phase)")
     parser.add_argument("--steps", type=int, default=250, help="diffusion sampling steps (default 250, the paper's)")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     parser.add_argument("--checkpoint", default=None,
