@@ -135,3 +135,15 @@ class nnUNetTrainerSynthTumorHeuristic_10epochs(ShortSchedule, nnUNetTrainerSynt
     """The heuristic texture, 10 epochs of 250 iterations."""
 
     schedule = (10, None, None)
+
+
+class nnUNetTrainerSynthTumor_20epochs(ShortSchedule, nnUNetTrainerSynthTumor):
+    """20 epochs (like nnU-Net's nnUNetTrainer_20epochs): benchmarks/bench_benefit.py --epochs 20."""
+
+    schedule = (20, None, None)
+
+
+class nnUNetTrainerSynthTumorHeuristic_20epochs(ShortSchedule, nnUNetTrainerSynthTumorHeuristic):
+    """The heuristic texture, 20 epochs of 250 iterations."""
+
+    schedule = (20, None, None)
