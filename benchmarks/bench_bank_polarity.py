@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from nnunetv2_tumorsynth.bank import entry_paths, load_entry, overlay_entry
+from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
 
 BINS = ((-np.inf, -2.5), (-2.5, -1.0), (-1.0, 0.0), (0.0, 1.0), (1.0, 2.5), (2.5, np.inf))
 
@@ -41,7 +42,7 @@ def score_bank(model_folder: str, bank_folder: str, checkpoint: str) -> np.ndarr
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
                                 verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
-    organ, tumour = 1, predictor.label_manager.foreground_labels[-1]
+    organ, tumour = organ_and_tumour_labels(predictor.dataset_json)
     data_folder = os.path.join(os.environ["nnUNet_preprocessed"], predictor.plans_manager.dataset_name,
                                predictor.configuration_manager.data_identifier)
     dataset = infer_dataset_class(data_folder)(data_folder)
