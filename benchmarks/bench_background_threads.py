@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunetv2_tumorsynth.background import BackgroundGenerator
-from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings
+from nnunetv2_tumorsynth.bank.background import BackgroundGenerator
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings
 from nnunetv2_tumorsynth.ddpm import build_model, inpaint
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 

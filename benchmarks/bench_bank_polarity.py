@@ -26,7 +26,7 @@ import os
 import numpy as np
 import torch
 
-from nnunetv2_tumorsynth.bank import entry_paths, load_entry, overlay_entry
+from nnunetv2_tumorsynth.bank.store import entry_paths, load_entry, overlay_entry
 from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
 
 BINS = ((-np.inf, -2.5), (-2.5, -1.0), (-1.0, 0.0), (0.0, 1.0), (1.0, 2.5), (2.5, np.inf))

@@ -90,7 +90,7 @@ def time_images(texture: str, images: int, steps: int = 250, checkpoint: str | N
     """Seconds per image (synthesis, mapping back, writing), after one warm-up image."""
     import torch
 
-    from nnunetv2_tumorsynth.generate import GenerateSettings, Generator, _write_case
+    from nnunetv2_tumorsynth.generate.generator import GenerateSettings, Generator, _write_case
 
     settings = GenerateSettings(dataset=PHANTOM_ID, as_dataset=989, plans=PLANS, texture=texture, steps=steps,
                                 checkpoint=checkpoint, device=device, seed=0, num_images=images + 1)

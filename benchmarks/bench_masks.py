@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from nnunetv2_tumorsynth import masks  # noqa: E402
+from nnunetv2_tumorsynth.synthesis import shape as masks  # noqa: E402
 
 
 def timed(function, *args, **kwargs) -> tuple[float, float, object]:

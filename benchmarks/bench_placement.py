@@ -20,8 +20,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from nnunetv2_tumorsynth.masks import random_tumour_mask  # noqa: E402
-from nnunetv2_tumorsynth.placement import place_tumour, vessel_mask_from_intensity  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.placement import place_tumour, vessel_mask_from_intensity  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.shape import random_tumour_mask  # noqa: E402
 
 SHAPE = (200, 512, 512)
 SPACING = np.array((2.5, 0.8, 0.8))

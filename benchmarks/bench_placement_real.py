@@ -48,11 +48,11 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from nnunetv2_tumorsynth import bank as bank_module  # noqa: E402
-from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings  # noqa: E402
+from nnunetv2_tumorsynth.bank import store as bank_module  # noqa: E402
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings  # noqa: E402
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case  # noqa: E402
-from nnunetv2_tumorsynth.placement import vessel_mask_from_intensity  # noqa: E402
-from nnunetv2_tumorsynth.texture import HeuristicTexture  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.placement import vessel_mask_from_intensity  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real_mr")
 LIVER, VESSELS, NO_TUMOUR = 5, (23, 24, 25), 255

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from nnunetv2_tumorsynth import masks
+from nnunetv2_tumorsynth.synthesis import shape as masks
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_tumorsynth.background import THREAD_NAME, BackgroundGenerator
-from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings, entry_paths
-from nnunetv2_tumorsynth.injection import SyntheticTumourTraining
+from nnunetv2_tumorsynth.bank.background import THREAD_NAME, BackgroundGenerator
+from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings, entry_paths
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 
 SPACING = (3.0, 1.5, 1.5)

@@ -380,7 +380,7 @@ def test_boxes_through_preprocessing_match_ground_truth_boxes(phantom_files, tra
 def test_models_without_box_channel_are_refused():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_tumorsynth.pseudolabel import PseudolabelError, check_box_model
+    from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelError, check_box_model
 
     class BoxTrainer(nnUNetTrainer):
         uses_box_channel = True
@@ -392,17 +392,3 @@ def test_models_without_box_channel_are_refused():
     one = {"trainer_name": "BoxTrainer", "network_weights": {"encoder.conv.weight": torch.zeros(4, 1, 3, 3, 3)}}
     with pytest.raises(PseudolabelError, match="1 input channel.*nnUNetv2_train DATASET"):
         check_box_model(one, BoxTrainer, 1, "ck.pth")
-
-
-def test_bbox_module_keeps_the_old_public_names():
-    import nnunetv2_tumorsynth.bbox as bbox
-    import nnunetv2_tumorsynth.boxes as boxes
-
-    old = ["CORNER_KEYS", "PAPER_PHASES", "LLD_MMRI_CATEGORIES", "AnnotationError", "BoxAnnotationWarning", "Box",
-           "rasterise", "margin_in_voxels", "box_iou", "BoxAnnotation", "BoxCase", "phase_tag", "read_lld_mmri",
-           "read_generic", "read_box_annotations", "physical_to_continuous_index", "annotation_to_voxel_box",
-           "boxes_in_image", "write_lld_mmri", "lesion_boxes", "jitter_box", "BoxChannelSettings", "box_channel",
-           "BoxChannelTransform", "restrict_tumour_to_boxes", "BoxChannelGuard", "add_box_channel_guard",
-           "insert_before_deep_supervision", "exact_box_channel", "dataset_class_with_boxes", "to_preprocessed_grid"]
-    assert [n for n in old if getattr(bbox, n, None) is not getattr(boxes, n)] == []
-    assert set(old) <= set(bbox.__all__)

@@ -25,7 +25,7 @@ from conftest import _ROOT, TINY_PLANS, cli, run
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.cli.tiny_plans import main as tiny_plans_main
-from nnunetv2_tumorsynth.generate import (
+from nnunetv2_tumorsynth.generate.generator import (
     GenerateError,
     GenerateSettings,
     InverseNormalisation,
@@ -34,8 +34,8 @@ from nnunetv2_tumorsynth.generate import (
     inverse_normalisation,
     to_raw_grid,
 )
-from nnunetv2_tumorsynth.masks import MIX_SIZES
 from nnunetv2_tumorsynth.phantom import PhantomSettings, write_phantom_dataset
+from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES
 
 TRANSPOSED_ID, FROM_TRANSPOSED_ID = 965, 966
 DDPM_ID, KILLED_ID, REPLACED_ID, MIX_ID, MIX_AGAIN_ID = 961, 962, 963, 964, 967

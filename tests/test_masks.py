@@ -1,4 +1,4 @@
-"""Tests of nnunetv2_tumorsynth.masks: tumour shapes from deformed ellipsoids (CPU, a few seconds)."""
+"""Tests of nnunetv2_tumorsynth.synthesis.shape: tumour shapes from deformed ellipsoids (CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunetv2_tumorsynth import masks
-from nnunetv2_tumorsynth.masks import (
+from nnunetv2_tumorsynth.synthesis import shape as masks
+from nnunetv2_tumorsynth.synthesis.shape import (
     SIZE_PRESETS,
     draw_tumour_shape,
     equivalent_radius_mm,

@@ -1,4 +1,4 @@
-"""Tests of nnunetv2_tumorsynth.placement: tumour positions inside an organ (CPU, a few seconds)."""
+"""Tests of nnunetv2_tumorsynth.synthesis.placement: tumour positions inside an organ (CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnunetv2_tumorsynth.bank import SynthSettings
-from nnunetv2_tumorsynth.masks import random_tumour_mask
-from nnunetv2_tumorsynth.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
+from nnunetv2_tumorsynth.bank.store import SynthSettings
+from nnunetv2_tumorsynth.synthesis.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
+from nnunetv2_tumorsynth.synthesis.shape import random_tumour_mask
 
 SPACING = np.array((2.0, 1.0, 1.0))  # (z, y, x) mm
 SHAPE = (40, 96, 96)

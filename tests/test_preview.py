@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_tumorsynth import preview
-from nnunetv2_tumorsynth.phantom import DIRECTION
-from nnunetv2_tumorsynth.preview import (
+from nnunetv2_tumorsynth.inspection import preview
+from nnunetv2_tumorsynth.inspection.preview import (
     TumourItem,
     generated_items,
     lps_reorientation,
@@ -22,6 +21,7 @@ from nnunetv2_tumorsynth.preview import (
     tumour_panels,
     write_previews,
 )
+from nnunetv2_tumorsynth.phantom import DIRECTION
 
 
 def test_record_file_names_match_the_generator():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nnunetv2_tumorsynth.evaluation import realism
-from nnunetv2_tumorsynth.evaluation.realism import (
+from nnunetv2_tumorsynth.inspection import realism
+from nnunetv2_tumorsynth.inspection.realism import (
     boundary_gradient,
     compare,
     image_features,

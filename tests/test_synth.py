@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from nnunetv2_tumorsynth.bank import (
+from nnunetv2_tumorsynth.bank.store import (
     SMALLER_SIZES,
     OverlaidArray,
     SynthesisBank,
@@ -21,10 +21,10 @@ from nnunetv2_tumorsynth.bank import (
     overlay_entry,
     write_preview,
 )
-from nnunetv2_tumorsynth.masks import equivalent_radius_mm
 from nnunetv2_tumorsynth.nnunet import find_ddpm_checkpoint
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
-from nnunetv2_tumorsynth.texture import HeuristicTexture
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 
 SPACING = (3.0, 1.5, 1.5)
 

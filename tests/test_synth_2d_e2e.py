@@ -99,9 +99,9 @@ def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monk
     ``tumorsynth_pretrain_ddpm -c 2d``, and the 2d spacing of tumorsynth_pretrain_ddpm's data source."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    import nnunetv2_tumorsynth.injection as injection
+    import nnunetv2_tumorsynth.bank.session as injection
     import nnunetv2_tumorsynth.nnunet as nnunet
-    from nnunetv2_tumorsynth.bank import SynthSettings
+    from nnunetv2_tumorsynth.bank.store import SynthSettings
     from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.ddpm.data import open_source
 

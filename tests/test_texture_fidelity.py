@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings, entry_paths, load_entry, overlay_entry
-from nnunetv2_tumorsynth.masks import equivalent_radius_mm
-from nnunetv2_tumorsynth.mass_effect import MassEffect
-from nnunetv2_tumorsynth.texture import HeuristicTexture
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings, entry_paths, load_entry, overlay_entry
+from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 
 SPACING = np.array([3.0, 1.5, 1.5])
 

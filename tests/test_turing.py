@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_tumorsynth.turing import (
+from nnunetv2_tumorsynth.inspection.turing import (
     TuringCase,
     TuringError,
     export_turing_test,

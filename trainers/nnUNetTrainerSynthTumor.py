@@ -2,7 +2,7 @@
 
 Settings are the class attribute ``synth`` (a ``SynthSettings``); variants replace a field or two.
 ``$TUMORSYNTH_SETTINGS`` may name a JSON file that overrides them for an experiment. On a GPU the bank
-is filled by default by a background thread of this process (``nnunetv2_tumorsynth.background``); the
+is filled by default by a background thread of this process (``nnunetv2_tumorsynth.bank.background``); the
 trainer stops it at the end of training and whenever ``run_training`` ends with an exception (Ctrl-C too).
 """
 
@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_tumorsynth.bank import SynthSettings
-from nnunetv2_tumorsynth.injection import SyntheticTumourTraining, resolve_settings
+from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining, resolve_settings
+from nnunetv2_tumorsynth.bank.store import SynthSettings
 from nnunetv2_tumorsynth.nnunet import ShortSchedule
 
 

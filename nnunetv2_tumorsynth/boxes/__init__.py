@@ -12,7 +12,7 @@ dataset gets the tumours' bounding boxes as one extra input channel, and turns b
 - :mod:`.postprocess`: removing predicted tumour outside the boxes.
 
 The trainer (``trainers/nnUNetTrainerBBoxChannel.py``) and the pseudo-labelling
-(:mod:`nnunetv2_tumorsynth.pseudolabel`) only wire these up.
+(:mod:`nnunetv2_tumorsynth.boxes.pseudolabel`) only wire these up.
 
 Conventions used throughout:
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from nnunetv2_tumorsynth.generate import GenerateError, GenerateSettings, generate_dataset
+from nnunetv2_tumorsynth.generate.generator import GenerateError, GenerateSettings, generate_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

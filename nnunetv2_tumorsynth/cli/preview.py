@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from nnunetv2_tumorsynth.preview import PreviewInputError, preview
+from nnunetv2_tumorsynth.inspection.preview import PreviewInputError, preview
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_tumorsynth.boxes import PAPER_PHASES, AnnotationError
-from nnunetv2_tumorsynth.pseudolabel import PseudolabelError, PseudolabelSettings, pseudolabel_folder
+from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelError, PseudolabelSettings, pseudolabel_folder
 
 
 def build_parser() -> argparse.ArgumentParser:

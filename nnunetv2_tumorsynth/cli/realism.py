@@ -7,7 +7,7 @@ Usage::
 
 SYNTHETIC is a dataset written by ``tumorsynth_generate`` (``--replace-real`` or not; folder, id or name)
 or a trainer's synthesis bank. Writes realism.md / .json, realism_features.csv (one row per tumour) and
-realism_histograms.png. Everything is done by :func:`nnunetv2_tumorsynth.evaluation.realism.realism`.
+realism_histograms.png. Everything is done by :func:`nnunetv2_tumorsynth.inspection.realism.realism`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from nnunetv2_tumorsynth.evaluation.realism import realism
-from nnunetv2_tumorsynth.preview import PreviewInputError
+from nnunetv2_tumorsynth.inspection.preview import PreviewInputError
+from nnunetv2_tumorsynth.inspection.realism import realism
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ Usage::
 
 ``export`` writes READERS/volumes/turing_###.nii.gz, READERS/reader_sheet.csv (id, answer) and
 READERS/INSTRUCTIONS.txt, and the answer key KEY/turing_key.json in another folder. ``score`` prints the
-Markdown report and writes turing_scores.md / .json. Everything is done by :mod:`nnunetv2_tumorsynth.turing`.
+Markdown report and writes turing_scores.md / .json. Everything is done by :mod:`nnunetv2_tumorsynth.inspection.turing`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from nnunetv2_tumorsynth.preview import PreviewInputError
-from nnunetv2_tumorsynth.turing import TuringError, export_from_replace_real, score_and_report
+from nnunetv2_tumorsynth.inspection.preview import PreviewInputError
+from nnunetv2_tumorsynth.inspection.turing import TuringError, export_from_replace_real, score_and_report
 
 
 def main(argv: list[str] | None = None) -> None:

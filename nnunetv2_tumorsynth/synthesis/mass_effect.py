@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
-from nnunetv2_tumorsynth.masks import equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,7 @@ def markdown_report(comparisons: list[FeatureComparison], real_name: str, synthe
               f"({', '.join(TEXTURE_FEATURES)}): {_fmt(mean_ks(comparisons, TEXTURE_FEATURES), 3)} "
               "(0 = same distributions; lower = closer to the real tumours).", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["", "Definitions: see `nnunetv2_tumorsynth.evaluation.realism` (README: tumorsynth_realism).", ""]
+    lines += ["", "Definitions: see `nnunetv2_tumorsynth.inspection.realism` (README: tumorsynth_realism).", ""]
     return "\n".join(lines)
 
 
@@ -432,7 +432,7 @@ def realism(synthetic: str, out_folder: str, real: str | None = None, source: st
     around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into ``out_folder``
     (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
     """
-    from nnunetv2_tumorsynth import preview as readers
+    from nnunetv2_tumorsynth.inspection import preview as readers
 
     if os.path.isfile(os.path.join(out_folder, "realism.json")) and not overwrite:
         raise FileExistsError(f"{os.path.join(out_folder, 'realism.json')} exists; pass --overwrite or choose another "

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nnunetv2_tumorsynth.bank import GenerationStats, SynthesisBank
+from nnunetv2_tumorsynth.bank.store import GenerationStats, SynthesisBank
 
 THREAD_NAME = "tumorsynth-generator"
 

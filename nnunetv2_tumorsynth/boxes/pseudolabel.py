@@ -2,7 +2,7 @@
 
 From Python, the same as the command ``tumorsynth_pseudolabel`` (which is argparse plus this one call)::
 
-    from nnunetv2_tumorsynth.pseudolabel import PseudolabelSettings, pseudolabel_folder
+    from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelSettings, pseudolabel_folder
 
     results = pseudolabel_folder(PseudolabelSettings(
         annotations="Annotation.json", images="LLD-MMRI/images", dataset="501", output_folder="pseudo"))

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
-from nnunetv2_tumorsynth.placement import vessel_mask_from_intensity
+from nnunetv2_tumorsynth.synthesis.placement import vessel_mask_from_intensity
 
 
 class DDPMTexture:

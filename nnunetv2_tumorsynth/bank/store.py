@@ -10,7 +10,7 @@ synthetic tumour exactly like a real one, and they add its voxels to the case's 
 so nnU-Net's foreground oversampling can pick it. Entries are reused under different augmentations
 and replaced as training goes (``max_entries_per_case`` newest are kept). The trainer makes entries
 either at the start of every epoch or, by default, in a background thread while training runs
-(``nnunetv2_tumorsynth.background``); both call ``SynthesisBank.generate``.
+(``nnunetv2_tumorsynth.bank.background``); both call ``SynthesisBank.generate``.
 
 Arrays are in nnU-Net's preprocessed axis order: data (C, z, y, x), seg (1, z, y, x); spacing in mm
 in that order. Entry corners are voxel indices of the preprocessed case.
@@ -30,9 +30,9 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from nnunetv2_tumorsynth.files import atomic_path
 from nnunetv2_tumorsynth.geometry import bounding_box
-from nnunetv2_tumorsynth.masks import equivalent_radius_mm, random_tumour_mask
-from nnunetv2_tumorsynth.mass_effect import MassEffect
-from nnunetv2_tumorsynth.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
+from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
+from nnunetv2_tumorsynth.synthesis.placement import clip_to_organ, place_tumour, vessel_mask_from_intensity
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm, random_tumour_mask
 
 SMALLER_SIZES = ("medium", "small", "tiny")  # tried in turn when a tumour of the requested size does not fit
 HEURISTIC_CONTEXT_VOXELS = 4  # margin around the tumour box given to the heuristic texture (and its vessel search)
@@ -72,7 +72,7 @@ class SynthSettings:
     dump_samples: each data-loader worker saves its first N overlays (before/after) for inspection.
     seed: base seed of the generator (None = random).
     background: make entries in a thread of the trainer's process while training runs (True; see
-        ``nnunetv2_tumorsynth.background``), or at the start of every epoch while training waits (False;
+        ``nnunetv2_tumorsynth.bank.background``), or at the start of every epoch while training waits (False;
         fully reproducible under ``seed``). None (default): True when training on a CUDA device, False
         otherwise (on a small CPU there is no idle core for the generator to use; see the README).
     background_seconds: with ``background``, a budget of generator work per epoch in wall seconds

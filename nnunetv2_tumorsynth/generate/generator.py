@@ -67,7 +67,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunetv2_tumorsynth.bank import SynthesisBank, SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings
 from nnunetv2_tumorsynth.files import (
     atomic_path,
     existing_datasets,
@@ -75,7 +75,7 @@ from nnunetv2_tumorsynth.files import (
     write_dataset_json,
     write_json_atomic,
 )
-from nnunetv2_tumorsynth.texture import POLARITIES
+from nnunetv2_tumorsynth.synthesis.texture import POLARITIES
 
 SUPPORTED_NORMALISATIONS = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization",
                             "RGBTo01Normalization")
@@ -448,7 +448,7 @@ def sha256_of(path: str) -> str:
 
 def make_texture(settings: GenerateSettings, source: Source):
     """(texture backend, checkpoint path or None): the diffusion model checked against the configuration."""
-    from nnunetv2_tumorsynth.texture import DDPMTexture, HeuristicTexture
+    from nnunetv2_tumorsynth.synthesis.texture import DDPMTexture, HeuristicTexture
 
     if settings.texture == "heuristic":
         return HeuristicTexture(polarity=settings.heuristic_polarity), None
@@ -671,7 +671,7 @@ class Generator:
         self.bank.rng = rng
         size = self.settings.size
         if size == "mix":
-            from nnunetv2_tumorsynth.masks import MIX_SIZES
+            from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES
 
             size = MIX_SIZES[int(rng.integers(len(MIX_SIZES)))]
         self.bank.settings = dataclasses.replace(self.synth_settings, size=size)

@@ -27,8 +27,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nnunetv2_tumorsynth.background import BackgroundGenerator, GeneratorTotals
-from nnunetv2_tumorsynth.bank import (
+from nnunetv2_tumorsynth.bank.background import BackgroundGenerator, GeneratorTotals
+from nnunetv2_tumorsynth.bank.store import (
     SynthesisBank,
     SyntheticTumourDataset,
     SynthSettings,
@@ -42,7 +42,7 @@ from nnunetv2_tumorsynth.nnunet import (
     organ_and_tumour_labels,
     preprocessed_spacing_mm,
 )
-from nnunetv2_tumorsynth.texture import DDPMTexture, HeuristicTexture
+from nnunetv2_tumorsynth.synthesis.texture import DDPMTexture, HeuristicTexture
 
 SETTINGS_ENV = "TUMORSYNTH_SETTINGS"
 

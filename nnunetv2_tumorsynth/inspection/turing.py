@@ -71,7 +71,7 @@ def cases_from_replace_real(real_dataset: str, replaced_dataset: str) -> list[Tu
     some real tumours were kept (``tumorsynth_generate`` keeps a tumour larger than the diffusion model's
     context) are left out with a warning: such a volume is neither real nor synthetic.
     """
-    from nnunetv2_tumorsynth.preview import read_dataset_json, read_generation_record, resolve_raw_dataset
+    from nnunetv2_tumorsynth.inspection.preview import read_dataset_json, read_generation_record, resolve_raw_dataset
 
     real_dataset = resolve_raw_dataset(real_dataset)
     replaced_dataset = resolve_raw_dataset(replaced_dataset)
@@ -240,7 +240,7 @@ def export_from_replace_real(real_dataset: str, replaced_dataset: str, out_folde
                              overwrite: bool = False) -> dict:
     """:func:`export_turing_test` on the pairs of :func:`cases_from_replace_real` (what ``tumorsynth_turing
     export`` runs). ``crop_labels`` default: the organ and tumour labels of the real dataset's dataset.json."""
-    from nnunetv2_tumorsynth.preview import dataset_labels, resolve_raw_dataset
+    from nnunetv2_tumorsynth.inspection.preview import dataset_labels, resolve_raw_dataset
 
     cases = cases_from_replace_real(real_dataset, replaced_dataset)
     if crop_labels is None:
@@ -462,7 +462,7 @@ def score_and_report(sheet_paths: Sequence[str], key_path: str, reader_names: Se
 
 def write_scores(result: dict, out_folder: str) -> tuple[str, str]:
     """turing_scores.json and turing_scores.md in ``out_folder``; returns their paths."""
-    from nnunetv2_tumorsynth.evaluation.realism import json_safe
+    from nnunetv2_tumorsynth.inspection.realism import json_safe
 
     os.makedirs(out_folder, exist_ok=True)
     json_path = os.path.join(out_folder, "turing_scores.json")

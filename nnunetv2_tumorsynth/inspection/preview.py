@@ -5,14 +5,14 @@ Three kinds of input hold synthetic tumours:
 - a dataset written by ``tumorsynth_generate`` (an nnU-Net raw dataset in the source cases' original
   geometry, with its record naming each image's source case); "before" is the source raw image;
 - the same with ``--replace-real``: every real tumour of a case replaced by a synthetic one in the same mask;
-- a trainer's synthesis bank (``fold_<f>/synthesis_bank/<case>/*.npz``, see :mod:`nnunetv2_tumorsynth.bank`),
+- a trainer's synthesis bank (``fold_<f>/synthesis_bank/<case>/*.npz``, see :mod:`nnunetv2_tumorsynth.bank.store`),
   whose entries live in nnU-Net's preprocessed space; "before" is the preprocessed case.
 
 Each yields :class:`TumourItem` objects (one per synthetic tumour, with its image before and after), which
 :func:`write_previews` draws: per tumour, axial, coronal and sagittal slices through its centre, before and
 after, with the mask outline, the intensity window taken from the organ; one PNG per page of N tumours.
-The realism statistics (:mod:`nnunetv2_tumorsynth.evaluation.realism`) and the Turing kit
-(:mod:`nnunetv2_tumorsynth.turing`) read their inputs through the same functions.
+The realism statistics (:mod:`nnunetv2_tumorsynth.inspection.realism`) and the Turing kit
+(:mod:`nnunetv2_tumorsynth.inspection.turing`) read their inputs through the same functions.
 
 Arrays are (z, y, x) as SimpleITK returns them; spacing in mm in that order; ``direction`` is SimpleITK's
 9-tuple (row-major 3x3, column c = direction of index axis c, c = 0 being x). For display, volumes are
@@ -386,7 +386,7 @@ def _to_original_axes(array: np.ndarray, transpose_backward: Sequence[int]) -> n
 def bank_items(bank_folder: str, context: BankContext | None = None, cases: Sequence[str] | None = None,
                max_per_case: int | None = None) -> Iterator[TumourItem]:
     """One item per bank entry, on the whole preprocessed case, arrays back in the original axis order."""
-    from nnunetv2_tumorsynth.bank import entry_paths, load_entry
+    from nnunetv2_tumorsynth.bank.store import entry_paths, load_entry
 
     context = context or bank_context(bank_folder)
     back = context.transpose_backward
