@@ -14,20 +14,19 @@ interleaved over ``--rounds`` rounds of ``--seconds`` each: no generator, then t
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
-import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from _common import argument_parser, command_line, load_average, machine_line
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunetv2_tumorsynth.bank.background import BackgroundGenerator
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank
 from nnunetv2_tumorsynth.ddpm import build_model, inpaint
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 
@@ -83,7 +82,7 @@ def training_iterations_per_second(net, optimizer, seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per configuration")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
@@ -105,7 +104,7 @@ def main() -> None:
     speed = {c: [] for c in configs}
     entries_per_min = {c: [] for c in configs}
     training_iterations_per_second(net, optimizer, 2.0)  # warm-up
-    load_before = os.getloadavg()
+    load_before = load_average()
     stop_workers = multiprocessing.Event()
     workers = [multiprocessing.Process(target=busy_worker, args=(stop_workers,), daemon=True)
                for _ in range(args.workers)]
@@ -141,10 +140,8 @@ def main() -> None:
         median = statistics.median(speed[config])
         made = f"{statistics.median(entries_per_min[config]):.1f}" if entries_per_min[config] else "-"
         print(f"{name:28s} {median:14.2f} {median / base:9.2f} {made:>12s}")
-    load_after = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs; load average (1, 5, 15 min) before "
-          f"{tuple(round(v, 1) for v in load_before)}, after {tuple(round(v, 1) for v in load_after)}")
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(machine_line(load_before))
+    print("command:", command_line())
 
 
 if __name__ == "__main__":

@@ -19,15 +19,17 @@ Measured: README, "Does it help?" (the heuristic texture's polarity).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 
 import numpy as np
 import torch
+from _common import argument_parser
 
-from nnunetv2_tumorsynth.bank.store import entry_paths, load_entry, overlay_entry
-from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
+from nnunetv2_tumorsynth.bank.overlay import overlay_entry
+from nnunetv2_tumorsynth.bank.store import bank_cases, entry_paths
+from nnunetv2_tumorsynth.nnunet import PreprocessedDataset
+from nnunetv2_tumorsynth.synthesis.entry import Entry
 
 BINS = ((-np.inf, -2.5), (-2.5, -1.0), (-1.0, 0.0), (0.0, 1.0), (1.0, 2.5), (2.5, np.inf))
 
@@ -35,25 +37,21 @@ BINS = ((-np.inf, -2.5), (-2.5, -1.0), (-1.0, 0.0), (0.0, 1.0), (1.0, 2.5), (2.5
 def score_bank(model_folder: str, bank_folder: str, checkpoint: str) -> np.ndarray:
     """Rows (contrast in organ SDs, Dice, detected 0/1) for every entry of ``bank_folder``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
     fold_folder = glob.glob(os.path.join(model_folder, "fold_*"))[0]
     fold = os.path.basename(fold_folder)[len("fold_"):]
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"),
                                 verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
-    organ, tumour = organ_and_tumour_labels(predictor.dataset_json)
-    data_folder = os.path.join(os.environ["nnUNet_preprocessed"], predictor.plans_manager.dataset_name,
-                               predictor.configuration_manager.data_identifier)
-    dataset = infer_dataset_class(data_folder)(data_folder)
+    dataset = PreprocessedDataset(predictor.plans_manager.dataset_name, predictor.plans_manager.plans,
+                                  os.path.basename(model_folder).split("__")[-1], predictor.dataset_json)
+    organ, tumour = dataset.organ_label, dataset.tumour_label
     rows = []
-    for case in sorted(c for c in os.listdir(bank_folder) if entry_paths(bank_folder, c)):
-        data, seg, _, properties = dataset.load_case(case)
-        data, seg = np.asarray(data), np.asarray(seg)
+    for case in (c for c in bank_cases(bank_folder) if entry_paths(bank_folder, c)):
+        data, seg, properties = dataset.load_case(case)
         organ_sd = float(data[0][seg[0] == organ].std())
         for path in entry_paths(bank_folder, case):
-            entry = load_entry(path)
-            mask = entry["mask"].astype(bool)
+            entry = Entry.load(path)
+            mask = entry.mask
             overlaid, overlaid_seg, _ = overlay_entry(data, seg, properties, entry, tumour)
             overlaid, overlaid_seg = np.asarray(overlaid[...]), np.asarray(overlaid_seg[...])
             logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(overlaid).float())
@@ -61,7 +59,7 @@ def score_bank(model_folder: str, bank_folder: str, checkpoint: str) -> np.ndarr
             reference = overlaid_seg[0] == tumour
             hit = int((predicted & reference).sum())
             dice = 2 * hit / max(1, int(reference.sum() + predicted.sum()))
-            contrast = (entry["values"][mask].mean() - entry["before"][mask].mean()) / organ_sd
+            contrast = (entry.values[mask].mean() - entry.before[mask].mean()) / organ_sd
             rows.append((float(contrast), dice, float(hit > 0)))
     return np.array(rows)
 
@@ -81,7 +79,7 @@ def table(rows: np.ndarray) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("models", nargs="+", help="trainer output folders of nnUNetv2_train")
     parser.add_argument("--bank", default=None, help="score every model on this synthesis_bank folder")
     parser.add_argument("--checkpoint", default="checkpoint_final.pth")

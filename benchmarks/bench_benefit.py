@@ -47,13 +47,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
+from _common import TINY_PLANS, argument_parser, nnunet_env, phantom_commands, run_cli, trainers_path
 
-BIN = os.path.dirname(sys.executable)
 DATASETS = {"Scarce": 961, "Full": 962, "Free": 963}
 ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "plain": ("Scarce", "nnUNetTrainer"),
@@ -62,7 +60,6 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
     "full": ("Full", "nnUNetTrainer"),
 }
-PLANS = "tumorsynthTinyPlans"
 SYNTH_SETTINGS = {"size": "small", "preview_every": 0, "ddpm_steps": 20}  # 20 DDIM steps: see README (DDPM)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
@@ -70,18 +67,9 @@ SYNTH_SETTINGS = {"size": "small", "preview_every": 0, "ddpm_steps": 20}  # 20 D
 ARM_SETTINGS = {"free": {"probability": 1.0}}
 
 
-def sh(cmd: list[str], env: dict, log: str | None = None) -> float:
-    """Run a command of this environment; fail loudly with its output; return the seconds it took."""
-    print("$", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    result = subprocess.run([os.path.join(BIN, cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
-    if log:
-        with open(log, "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n{result.stdout}\n{result.stderr}\n")
-    if result.returncode != 0:
-        print(result.stdout[-5000:], result.stderr[-5000:], sep="\n")
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    seconds = time.perf_counter() - start
+def sh(cmd: list[str], env: dict, log: str) -> float:
+    """Run a command of this environment, echoed and logged; fail loudly with its output; return its seconds."""
+    seconds = run_cli(cmd, env, echo=True, log=log).seconds
     print(f"  {seconds:.0f} s", flush=True)
     return seconds
 
@@ -89,13 +77,15 @@ def sh(cmd: list[str], env: dict, log: str | None = None) -> float:
 def make_datasets(env: dict, args: argparse.Namespace, log: str) -> None:
     for name, dataset_id in DATASETS.items():
         annotated = {"Scarce": args.annotated, "Full": args.train, "Free": 0}[name]
-        sh(["tumorsynth_make_phantom", "-d", str(dataset_id), "--name", name, "-n", str(args.train),
-            "--n-test", str(args.test), "--tumour-cases", str(annotated), "--tumour-free-every", "0",
-            "--seed", str(args.seed), "--test-seed", str(args.seed + 1000)], env, log)
-        sh(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "--verify_dataset_integrity",
-            "-np", "2"], env, log)
-        sh(["tumorsynth_tiny_plans", "-d", str(dataset_id), "--features", *map(str, args.features),
-            "--patch", *map(str, args.patch), "--batch", str(args.batch)], env, log)
+        for cmd in phantom_commands(
+                dataset_id,
+                phantom=["--name", name, "-n", str(args.train), "--n-test", str(args.test), "--tumour-cases",
+                         str(annotated), "--tumour-free-every", "0", "--seed", str(args.seed), "--test-seed",
+                         str(args.seed + 1000)],
+                plan=["--verify_dataset_integrity"],
+                tiny_plans=["--features", *map(str, args.features), "--patch", *map(str, args.patch), "--batch",
+                            str(args.batch)]):
+            sh(cmd, env, log)
 
 
 def run_env(env: dict, workdir: str, run: int) -> dict:
@@ -166,7 +156,7 @@ def mean_std(values: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--workdir", default="/tmp/bench_benefit")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10, choices=(5, 10, 20), help="250 iterations each")
@@ -189,13 +179,9 @@ def main() -> None:
     work = os.path.abspath(args.workdir)
     if os.path.exists(work) and not args.reuse:
         shutil.rmtree(work)
-    env = os.environ.copy()
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = os.path.join(work, var)
-        os.makedirs(env[var], exist_ok=True)
+    env = nnunet_env(work)
     env.update(nnUNet_n_proc_DA="2", nnUNet_def_n_proc="1", nnUNet_compile="false")
-    env["nnUNet_extTrainer"] = subprocess.run([os.path.join(BIN, "tumorsynth_env"), "--trainers-path"], env=env,
-                                              capture_output=True, text=True, check=True).stdout.strip()
+    env["nnUNet_extTrainer"] = trainers_path(env)
     settings_files = {}  # arm: its TUMORSYNTH_SETTINGS file
     for arm in ARMS:
         settings_files[arm] = os.path.join(work, f"synth_settings_{arm}.json")
@@ -212,19 +198,19 @@ def main() -> None:
 
     scarce = f"Dataset{DATASETS['Scarce']}_Scarce"
     if not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], f"Dataset{DATASETS['Free']}_Free",
-                                       f"{PLANS}.json")):
+                                       f"{TINY_PLANS}.json")):
         t0 = time.perf_counter()
         make_datasets(env, args, log)
         timings["datasets"] = time.perf_counter() - t0
     test_images = os.path.join(env["nnUNet_raw"], scarce, "imagesTs")
     test_labels = os.path.join(env["nnUNet_raw"], scarce, "labelsTs")
 
-    checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{PLANS}__3d_fullres", "fold_all",
-                              "checkpoint_best.pth")
+    checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
+                              "fold_all", "checkpoint_best.pth")
     if "ddpm" in args.arms and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
-            ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p", PLANS,
-             "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--batch-size", "4", "--lr", "2e-3",
+            ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
+             TINY_PLANS, "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--batch-size", "4", "--lr", "2e-3",
              "--crop", "16", "32", "32", "--val-fraction", "0", "-device", "cpu", "--overwrite"], env, log)
     env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
 
@@ -242,12 +228,13 @@ def main() -> None:
             if os.path.isdir(out) and args.reuse:
                 continue
             timings[f"{arm}_run{run}_train"] = sh(
-                ["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-p", PLANS, "-tr", trainer, "-device", "cpu"],
+                ["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-p", TINY_PLANS, "-tr", trainer, "-device",
+                 "cpu"],
                 {**renv, "TUMORSYNTH_SETTINGS": settings_files[arm]}, log)
             timings[f"{arm}_run{run}_predict"] = sh(
-                ["nnUNetv2_predict", "-d", dataset_id, "-c", "3d_fullres", "-f", "all", "-p", PLANS, "-tr", trainer,
-                 "-i", test_images, "-o", out + ".partial", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps",
-                 "1"], renv, log)
+                ["nnUNetv2_predict", "-d", dataset_id, "-c", "3d_fullres", "-f", "all", "-p", TINY_PLANS, "-tr",
+                 trainer, "-i", test_images, "-o", out + ".partial", "-device", "cpu", "--disable_tta", "-npp", "1",
+                 "-nps", "1"], renv, log)
             os.replace(out + ".partial", out)
             with open(timings_file, "w") as f:
                 json.dump(timings, f, indent=1)

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import command_line, require_cuda, torch_platform
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_tumorsynth.ddpm import build_model, inpaint, training_step
@@ -158,11 +156,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print(
-        f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}"
-    )
+    print("command:", command_line(full=True))
+    print(f"{torch_platform()}, {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}")
 
     print("\nFLOPs per forward pass (batch 1; FlopCounterMode, meta device):")
     flops = {}
@@ -188,8 +183,7 @@ def main() -> None:
             )
 
     if args.device == "cuda":
-        if not torch.cuda.is_available():
-            sys.exit("--device cuda: no CUDA device available")
+        require_cuda()
         gpu = torch.device("cuda")
         torch.backends.cudnn.benchmark = True
         peak = peak_tflops(args, gpu)

@@ -49,16 +49,15 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import zlib
 
 import numpy as np
+from _common import TINY_PLANS, phantom_commands, run_cli, set_nnunet_folders
 from scipy import ndimage
 
 BRIGHT_ID = 972
-TINY_PLANS = "tumorsynthTinyPlans"
 
 
 # ----------------------------------------------------------------------------------------------- toy data
@@ -199,14 +198,6 @@ def fill_errors(checkpoint: str, images: np.ndarray, masks: np.ndarray, steps: i
 # -------------------------------------------------------------------------------------------------- main
 
 
-def _run(cmd: list[str], env: dict) -> str:
-    print("$", " ".join(cmd), flush=True)
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{cmd[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="/tmp/bench_ddpm_quality")
@@ -223,22 +214,17 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     args = parser.parse_args()
 
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ.setdefault(var, os.path.join(args.workdir, var))
-        os.makedirs(os.environ[var], exist_ok=True)
+    set_nnunet_folders(os.environ, args.workdir, keep_set=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("nnUNet_def_n_proc", "2")
-    env = os.environ.copy()
-    bindir = os.path.dirname(sys.executable)
 
     import torch
 
     torch.set_num_threads(args.threads)
     source = f"Dataset{args.source:03d}_Phantom"
     if not os.path.isfile(os.path.join(os.environ["nnUNet_preprocessed"], source, f"{TINY_PLANS}.json")):
-        _run([f"{bindir}/tumorsynth_make_phantom", "-d", str(args.source), "-n", str(args.cases)], env)
-        _run([f"{bindir}/nnUNetv2_plan_and_preprocess", "-d", str(args.source), "-c", "3d_fullres", "-np", "2"], env)
-        _run([f"{bindir}/tumorsynth_tiny_plans", "-d", str(args.source)], env)
+        for cmd in phantom_commands(args.source, phantom=["-n", str(args.cases)]):
+            run_cli(cmd, echo=True)
     bright = f"Dataset{BRIGHT_ID:03d}_PhantomBright"
     train_seconds, speed, checkpoint = 0.0, [], args.checkpoint
     if checkpoint is None:
@@ -246,13 +232,11 @@ def main() -> None:
             if old.startswith(f"Dataset{BRIGHT_ID:03d}_"):
                 shutil.rmtree(os.path.join(os.environ["nnUNet_results"], old))
         bright = derive_dataset(source, BRIGHT_ID, "PhantomBright", easy_tumours)
-        cmd = [f"{bindir}/tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
+        cmd = ["tumorsynth_pretrain_ddpm", "-d", str(BRIGHT_ID), "-c", "3d_fullres", "-f", str(args.fold),
                "-p", TINY_PLANS, "--preset", "tiny", "--epochs", str(args.epochs), "--batch-size",
                str(args.batch_size), "--crop", *map(str, args.crop), "--lr", str(args.lr), "-device", "cpu",
                "--overwrite"]
-        t0 = time.time()
-        out = _run(cmd, env)
-        train_seconds = time.time() - t0
+        out, train_seconds = run_cli(cmd, echo=True)
         speed = [line for line in out.splitlines() if line.startswith("speed:")]
         folder = [line.split("output: ", 1)[1] for line in out.splitlines() if line.startswith("output: ")][0]
         checkpoint = os.path.join(folder, "checkpoint_latest.pth")

@@ -31,47 +31,35 @@ peak. Unmeasured: no GPU was available.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-BIN = os.path.dirname(sys.executable)
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import (
+    TINY_PLANS,
+    command_line,
+    phantom_commands,
+    require_cuda,
+    run_cli,
+    set_nnunet_folders,
+    torch_platform,
+)
+
 PAPER_CROP = (64, 96, 128)  # (z, y, x) voxels at 3.0 x 1.5 x 1.5 mm: the paper's 128 x 96 x 64 (x, y, z)
 PHANTOM_ID = 990
-PLANS = "tumorsynthTinyPlans"
-
-
-def bench_ddpm_module():
-    """benchmarks/bench_ddpm.py as a module (FLOP counting, GPU peaks)."""
-    spec = importlib.util.spec_from_file_location("bench_ddpm", os.path.join(HERE, "bench_ddpm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def setup(workdir: str) -> None:
     """Phantom, nnU-Net preprocessing, tiny plans and a tiny DDPM (fold 0) in ``workdir``."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def cmd(*args: str) -> None:
-        subprocess.run([os.path.join(BIN, args[0]), *args[1:]], env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-
     if os.path.isfile(os.path.join(os.environ["nnUNet_results"], f"Dataset{PHANTOM_ID}_Phantom",
-                                   f"tumorsynth_ddpm__{PLANS}__3d_fullres", "fold_0", "checkpoint_latest.pth")):
+                                   f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres", "fold_0", "checkpoint_latest.pth")):
         return
-    cmd("tumorsynth_make_phantom", "-d", str(PHANTOM_ID), "-n", "8", "--overwrite")
-    cmd("nnUNetv2_plan_and_preprocess", "-d", str(PHANTOM_ID), "-c", "3d_fullres", "-np", "1")
-    cmd("tumorsynth_tiny_plans", "-d", str(PHANTOM_ID))
-    cmd("tumorsynth_pretrain_ddpm", "-d", str(PHANTOM_ID), "-c", "3d_fullres", "-f", "0", "-p", PLANS, "--preset",
-        "tiny", "--epochs", "1", "--crop", "16", "32", "32", "-device", "cpu", "--overwrite")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for cmd in phantom_commands(PHANTOM_ID, phantom=["-n", "8", "--overwrite"], processes=1):
+        run_cli(cmd, env)
+    run_cli(["tumorsynth_pretrain_ddpm", "-d", str(PHANTOM_ID), "-c", "3d_fullres", "-f", "0", "-p", TINY_PLANS,
+             "--preset", "tiny", "--epochs", "1", "--crop", "16", "32", "32", "-device", "cpu", "--overwrite"], env)
 
 
 def untrained_checkpoint(preset: str, folder: str) -> str:
@@ -90,9 +78,11 @@ def time_images(texture: str, images: int, steps: int = 250, checkpoint: str | N
     """Seconds per image (synthesis, mapping back, writing), after one warm-up image."""
     import torch
 
-    from nnunetv2_tumorsynth.generate.generator import GenerateSettings, Generator, _write_case
+    from nnunetv2_tumorsynth.generate.generator import Generator
+    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
+    from nnunetv2_tumorsynth.generate.staging import write_case
 
-    settings = GenerateSettings(dataset=PHANTOM_ID, as_dataset=989, plans=PLANS, texture=texture, steps=steps,
+    settings = GenerateSettings(dataset=PHANTOM_ID, as_dataset=989, plans=TINY_PLANS, texture=texture, ddpm_steps=steps,
                                 checkpoint=checkpoint, device=device, seed=0, num_images=images + 1)
     generator = Generator(settings, log=lambda _: None)
     out = tempfile.mkdtemp(prefix="bench_generate_")
@@ -104,7 +94,7 @@ def time_images(texture: str, images: int, steps: int = 250, checkpoint: str | N
             torch.cuda.synchronize()
         start = time.perf_counter()
         name, image, label, source, _ = generator.make_image(index)
-        _write_case(out, name, image, label, source, ".nii.gz")
+        write_case(out, name, image, label, source, ".nii.gz")
         if device == "cuda":
             torch.cuda.synchronize()
         if index > 0:
@@ -131,17 +121,14 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_generate_")
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[var] = os.path.join(workdir, var)
-        os.makedirs(os.environ[var], exist_ok=True)
+    set_nnunet_folders(os.environ, workdir)
     os.environ.setdefault("nnUNet_def_n_proc", "1")
     import torch
 
     torch.set_num_threads(args.threads)
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} "
-          f"CPUs ({torch.get_num_threads()} torch threads), load average {os.getloadavg()[0]:.1f}; the CPUs are "
-          f"shared with other jobs, so CPU figures are noisy")
+    print("command:", command_line(full=True))
+    print(f"{torch_platform()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), load average "
+          f"{os.getloadavg()[0]:.1f}; the CPUs are shared with other jobs, so CPU figures are noisy")
     print(f"setting up the phantom and a tiny DDPM in {workdir} ...")
     setup(workdir)
 
@@ -151,7 +138,8 @@ def main() -> None:
     for steps in (250, 50):
         report(f"tiny DDPM, {steps} DDIM steps, cpu", time_images("ddpm", args.images, steps=steps))
 
-    bench_ddpm = bench_ddpm_module()
+    import bench_ddpm  # FLOP counting and GPU peaks (this folder is on sys.path)
+
     forward = bench_ddpm.count_flops("paper", PAPER_CROP, train=False)
     fast_forward = bench_ddpm.count_flops("fast", PAPER_CROP, train=False)
     peak = args.peak_tflops
@@ -169,8 +157,7 @@ def main() -> None:
     if args.device != "cuda":
         print("  (unmeasured: run with --device cuda on a GPU to time the fast and paper presets)")
         return
-    if not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device available")
+    require_cuda()
     torch.backends.cudnn.benchmark = True
     print(f"\nGPU {torch.cuda.get_device_name()} (untrained checkpoints, context crop {PAPER_CROP}):")
     for preset, steps, flops in (("fast", args.gpu_steps[0], fast_forward), ("paper", args.gpu_steps[1], forward)):

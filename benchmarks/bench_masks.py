@@ -13,28 +13,17 @@ and the agreement (Dice) between the fast and the naive simplex masks.
 
 from __future__ import annotations
 
-import os
+from _common import argument_parser, single_threaded, timed_call
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
-
-import argparse  # noqa: E402
-import time  # noqa: E402
+single_threaded()
 
 import numpy as np  # noqa: E402
 
 from nnunetv2_tumorsynth.synthesis import shape as masks  # noqa: E402
 
 
-def timed(function, *args, **kwargs) -> tuple[float, float, object]:
-    """(wall ms, CPU ms of this process, result). CPU time is less affected by other loads."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = function(*args, **kwargs)
-    return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3, result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--n", type=int, default=50, help="masks per setting")
     parser.add_argument("--spacing", type=float, nargs=3, default=(3.0, 1.5, 1.5), help="mm per axis")
     parser.add_argument("--seed", type=int, default=0)
@@ -44,7 +33,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     masks.random_tumour_mask(spacing, "simplex", rng=rng)  # warm up caches and imports
 
-    rows: dict[str, list[tuple[float, float]]] = {
+    rows: dict[str, list[tuple[float, float]]] = {  # (wall s, CPU s) per mask
         "simplex, fast (random_tumour_mask)": [],
         "simplex, naive (snoise3 per voxel)": [],
         "elastic (random_tumour_mask)": [],
@@ -53,30 +42,30 @@ def main() -> None:
     dice, box_voxels = [], []
     for _ in range(args.n):
         seed = int(rng.integers(2**31))
-        *ms, _ = timed(masks.random_tumour_mask, spacing, "simplex", "paper", seed)
-        rows["simplex, fast (random_tumour_mask)"].append(ms)
+        *seconds, _ = timed_call(masks.random_tumour_mask, spacing, "simplex", "paper", seed)
+        rows["simplex, fast (random_tumour_mask)"].append(seconds)
         shape = masks.draw_tumour_shape("simplex", "paper", seed)
         fast = masks.render_uncropped(shape, spacing)
-        *ms, naive = timed(masks.render_uncropped, shape, spacing, exact_noise=True)
-        rows["simplex, naive (snoise3 per voxel)"].append(ms)
+        *seconds, naive = timed_call(masks.render_uncropped, shape, spacing, exact_noise=True)
+        rows["simplex, naive (snoise3 per voxel)"].append(seconds)
         dice.append(2 * np.count_nonzero(fast & naive) / (fast.sum() + naive.sum()))
         box_voxels.append(fast.size)
         rows["elastic (random_tumour_mask)"].append(
-            timed(masks.random_tumour_mask, spacing, "elastic", "paper", seed)[:2]
+            timed_call(masks.random_tumour_mask, spacing, "elastic", "paper", seed)[:2]
         )
-        rows["none (random_tumour_mask)"].append(timed(masks.random_tumour_mask, spacing, None, "paper", seed)[:2])
+        rows["none (random_tumour_mask)"].append(timed_call(masks.random_tumour_mask, spacing, None, "paper", seed)[:2])
 
     print(f"paper-size masks, spacing {spacing} mm, {args.n} masks per row, 1 thread")
     print(f"render box: median {int(np.median(box_voxels))} voxels")
     print(f"{'method':38s} {'wall median ms':>15s} {'wall p90 ms':>12s} {'CPU median ms':>14s}")
     for name, times in rows.items():
-        wall, cpu = np.array(times).T
+        wall, cpu = 1e3 * np.array(times).T
         print(f"{name:38s} {np.median(wall):15.2f} {np.percentile(wall, 90):12.2f} {np.median(cpu):14.2f}")
-    fast_ms = np.median(np.array(rows["simplex, fast (random_tumour_mask)"]), axis=0)
-    naive_ms = np.median(np.array(rows["simplex, naive (snoise3 per voxel)"]), axis=0)
+    fast_s = np.median(np.array(rows["simplex, fast (random_tumour_mask)"]), axis=0)
+    naive_s = np.median(np.array(rows["simplex, naive (snoise3 per voxel)"]), axis=0)
     print(
-        f"speed-up of the fast simplex path over per-voxel snoise3: {naive_ms[0] / fast_ms[0]:.1f}x wall, "
-        f"{naive_ms[1] / fast_ms[1]:.1f}x CPU"
+        f"speed-up of the fast simplex path over per-voxel snoise3: {naive_s[0] / fast_s[0]:.1f}x wall, "
+        f"{naive_s[1] / fast_s[1]:.1f}x CPU"
     )
     print(f"Dice(fast, per-voxel) on the same shapes: min {min(dice):.4f}, median {np.median(dice):.4f}")
 

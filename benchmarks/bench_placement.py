@@ -9,19 +9,16 @@ tumour is checked (inside the organ, farther than the margin from forbidden voxe
 
 from __future__ import annotations
 
-import os
+from _common import argument_parser, single_threaded, timed_call
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
-
-import argparse  # noqa: E402
-import time  # noqa: E402
+single_threaded()
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from nnunetv2_tumorsynth.synthesis.placement import place_tumour, vessel_mask_from_intensity  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.placement import place_tumour  # noqa: E402
 from nnunetv2_tumorsynth.synthesis.shape import random_tumour_mask  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity  # noqa: E402
 
 SHAPE = (200, 512, 512)
 SPACING = np.array((2.5, 0.8, 0.8))
@@ -49,7 +46,7 @@ def make_volume(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--n", type=int, default=20, help="placements per row")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -70,10 +67,9 @@ def main() -> None:
         times, cpu_times, placed = [], [], 0
         for _ in range(args.n):
             tumour = random_tumour_mask(SPACING, "simplex", size, rng)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            corner = place_tumour(organ, tumour, forbidden, rng, spacing=SPACING, **options)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
+            wall, cpu, corner = timed_call(place_tumour, organ, tumour, forbidden, rng, spacing=SPACING, **options)
+            times.append(wall)
+            cpu_times.append(cpu)
             if corner is None:
                 continue
             placed += 1
@@ -85,9 +81,7 @@ def main() -> None:
             f"{name:36s} {np.median(times):13.3f} {max(times):10.3f} {np.median(cpu_times):12.3f} {placed:4d}/{args.n}"
         )
 
-    start, cpu_start = time.perf_counter(), time.process_time()
-    vessels = vessel_mask_from_intensity(image, organ, SPACING)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    elapsed, cpu, vessels = timed_call(vessel_mask_from_intensity, image, organ, SPACING)
     recall = np.count_nonzero(vessels & forbidden) / np.count_nonzero(forbidden & organ)
     print(f"vessel_mask_from_intensity, same volume: {elapsed:.2f} s wall, {cpu:.2f} s CPU (recall {recall:.2f})")
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_placement_real.py [--data ../shared/data/real_mr] [--n 100] [--seed 0]
 
-Every row makes ``--n`` entries with the synthesis bank's own placement (``SynthesisBank._plan_entry``, as
+Every row makes ``--n`` entries with the synthesis bank's own placement (``TumourSynthesiser.plan``, as
 the trainers do: two draws of the requested size preset, then two of each smaller preset, margin 5 mm,
 simplex deformation) for one ``min_inside_fraction`` and ``avoid_vessels`` setting. Seeds are fixed: entry
 i of every row uses ``numpy.random.default_rng([seed, i])``, so all rows start each entry from the same
@@ -27,32 +27,30 @@ organ (median [interquartile range]). "near vessel" (real MR only) is the share 
 voxel within 3 mm of a labelled vessel (the labels are disjoint from the liver, so a clipped tumour never
 overlaps them; 3 mm, one native voxel, means touching); in brackets the same share among the entries
 made at the requested preset only (tumours of comparable size in every row). "ml" is the mean tumour
-volume within those 3 mm. "ms/entry" is the CPU time of one ``_plan_entry`` (vessel detection included),
+volume within those 3 mm. "ms/entry" is the CPU time of one ``TumourSynthesiser.plan`` (vessel detection included),
 "ms/place" of one ``place_tumour`` call (CPU time of this single-threaded process: steadier than wall time on a shared
 machine). About 2 CPU minutes at the default ``--n 100``.
 """
 
 from __future__ import annotations
 
-import os
+from _common import argument_parser, single_threaded
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
+single_threaded()
 
-import argparse  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from nnunetv2_tumorsynth.bank import store as bank_module  # noqa: E402
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings  # noqa: E402
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case  # noqa: E402
-from nnunetv2_tumorsynth.synthesis.placement import vessel_mask_from_intensity  # noqa: E402
+from nnunetv2_tumorsynth.synthesis import placement  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSettings, TumourSynthesiser  # noqa: E402
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture  # noqa: E402
+from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "real_mr")
 LIVER, VESSELS, NO_TUMOUR = 5, (23, 24, 25), 255
@@ -71,7 +69,7 @@ class OneCase:
 
 
 class CountingPlacement:
-    """Wraps ``place_tumour`` as the bank calls it: records success and CPU time of every call."""
+    """Wraps ``placement.place_tumour`` (as ``place_random_tumour`` calls it): success and CPU time of every call."""
 
     def __init__(self, place):
         self.place, self.calls = place, []
@@ -98,39 +96,38 @@ def load_real(folder: str, spacing: str) -> tuple[np.ndarray, np.ndarray, tuple[
 def run_row(case: OneCase, spacing, organ_label: int, size: str, fraction: float, avoid: bool, n: int,
             seed: int, vessel_distance_mm: np.ndarray | None) -> dict:
     """Make ``n`` entries with one setting; the figures of one table row."""
-    settings = SynthSettings(texture="heuristic", size=size, min_inside_fraction=fraction, avoid_vessels=avoid,
-                             seed=seed)
-    with tempfile.TemporaryDirectory() as folder:
-        bank = SynthesisBank(folder, HeuristicTexture(), settings, spacing, organ_label, NO_TUMOUR)
-        counter = CountingPlacement(bank_module.place_tumour)
-        bank_module.place_tumour = counter
-        first_placed, at_preset, radii, drawn, near, near_ml, near_at_preset, seconds = [], [], [], [], [], [], [], []
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        try:
-            for i in range(n):
-                bank.rng = np.random.default_rng([seed, i])
-                counter_start = len(counter.calls)
-                start = time.process_time()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    job = bank._plan_entry(case, "case")
-                seconds.append(time.process_time() - start)
-                bank.unusable_cases.clear()
-                first_placed.append(counter.calls[counter_start][0])
-                if job is None:
-                    continue
-                at_preset.append(job["size"] == job["size_requested"])
-                radii.append(job["radius_mm"])
-                drawn.append(job["requested_radius_mm"])
-                if vessel_distance_mm is not None:
-                    box = tuple(slice(int(c), int(c) + s) for c, s in zip(job["corner"], job["mask"].shape))
-                    close = np.count_nonzero(job["mask"] & (vessel_distance_mm[box] <= NEAR_VESSEL_MM + 1e-6))
-                    near.append(close > 0)
-                    near_ml.append(close * voxel_ml)
-                    if at_preset[-1]:
-                        near_at_preset.append(close > 0)
-        finally:
-            bank_module.place_tumour = counter.place
+    settings = TumourSettings(texture="heuristic", size=size, min_inside_fraction=fraction, avoid_vessels=avoid,
+                              seed=seed)
+    synthesiser = TumourSynthesiser(HeuristicTexture(), settings, spacing, organ_label, NO_TUMOUR, None)
+    counter = CountingPlacement(placement.place_tumour)
+    placement.place_tumour = counter
+    first_placed, at_preset, radii, drawn, near, near_ml, near_at_preset, seconds = [], [], [], [], [], [], [], []
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    try:
+        for i in range(n):
+            synthesiser.rng = np.random.default_rng([seed, i])
+            counter_start = len(counter.calls)
+            start = time.process_time()
+            try:
+                job = synthesiser.plan("case", case.data, case.seg)
+            except NoRoom:
+                job = None
+            seconds.append(time.process_time() - start)
+            first_placed.append(counter.calls[counter_start][0])
+            if job is None:
+                continue
+            at_preset.append(job.size == job.size_requested)
+            radii.append(equivalent_radius_mm(job.mask, spacing))
+            drawn.append(job.requested_radius_mm)
+            if vessel_distance_mm is not None:
+                box = tuple(slice(int(c), int(c) + s) for c, s in zip(job.corner, job.mask.shape))
+                close = np.count_nonzero(job.mask & (vessel_distance_mm[box] <= NEAR_VESSEL_MM + 1e-6))
+                near.append(close > 0)
+                near_ml.append(close * voxel_ml)
+                if at_preset[-1]:
+                    near_at_preset.append(close > 0)
+    finally:
+        placement.place_tumour = counter.place
     made = len(radii)
     return {
         "first": np.mean(first_placed), "at_preset": np.sum(at_preset) / n, "fallbacks": made - int(np.sum(at_preset)),
@@ -143,7 +140,7 @@ def run_row(case: OneCase, spacing, organ_label: int, size: str, fraction: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder with mr_abdomen.nii.gz and mr_abdomen_seg.nii.gz")
     parser.add_argument("--n", type=int, default=100, help="entries per row")
     parser.add_argument("--seed", type=int, default=0)
@@ -181,10 +178,10 @@ def main() -> None:
     phantom = OneCase(p_image, p_label.astype(np.uint8))
 
     rows = [("real MR", "paper", f, avoid) for avoid in (False, True) for f in FRACTIONS]
-    rows += [("real MR", "small", f, avoid) for f in (1.0, SynthSettings().min_inside_fraction)
+    rows += [("real MR", "small", f, avoid) for f in (1.0, TumourSettings().min_inside_fraction)
              for avoid in (False, True)]
     rows += [("phantom", "paper", f, avoid) for f in FRACTIONS for avoid in (False,)]
-    rows += [("phantom", "paper", SynthSettings().min_inside_fraction, True)]
+    rows += [("phantom", "paper", TumourSettings().min_inside_fraction, True)]
     cases = {"real MR": (real, spacing, LIVER, vessel_distance),
              "phantom": (phantom, phantom_settings.spacing, 1, None)}
 

@@ -35,13 +35,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
 import numpy as np
 import SimpleITK as sitk
+from _common import TINY_PLANS, command_line, nnunet_env, phantom_commands, run_cli, trainers_path
 
 from nnunetv2_tumorsynth.boxes import (
     lesion_boxes,
@@ -51,17 +49,7 @@ from nnunetv2_tumorsynth.boxes import (
     write_lld_mmri,
 )
 
-BIN = os.path.dirname(sys.executable)
 DATASET_ID = 980
-
-
-def sh(cmd: list[str], env: dict) -> float:
-    """Run a CLI of this environment, fail loudly, return seconds."""
-    start = time.perf_counter()
-    result = subprocess.run([os.path.join(BIN, cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return time.perf_counter() - start
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,31 +69,26 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_pseudolabel_")
-    env = os.environ.copy()
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = os.path.join(work, var)
-        os.makedirs(env[var], exist_ok=True)
+    env = nnunet_env(work)
     env.update(nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2"), nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "1"),
                nnUNet_compile="false")
-    env["nnUNet_extTrainer"] = subprocess.run([os.path.join(BIN, "tumorsynth_env"), "--trainers-path"],
-                                              capture_output=True, text=True, check=True).stdout.strip()
+    env["nnUNet_extTrainer"] = trainers_path(env)
     box_trainer, plain_trainer = f"nnUNetTrainerBBoxChannel_{args.epochs}epochs", f"nnUNetTrainer_{args.epochs}epochs"
     name = f"Dataset{DATASET_ID}_Phantom"
     raw = os.path.join(env["nnUNet_raw"], name)
     timings = {}
 
     if not os.path.isdir(raw):
-        sh(["tumorsynth_make_phantom", "-d", str(DATASET_ID), "-n", str(args.train), "--n-test", str(args.test),
-            "--seed", "1"], env)
-        sh(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"], env)
-        sh(["tumorsynth_tiny_plans", "-d", str(DATASET_ID), "--features", *map(str, args.features)], env)
+        for cmd in phantom_commands(DATASET_ID, phantom=["-n", str(args.train), "--n-test", str(args.test), "--seed",
+                                                         "1"], tiny_plans=["--features", *map(str, args.features)]):
+            run_cli(cmd, env)
     for trainer in (box_trainer, plain_trainer):
-        final = os.path.join(env["nnUNet_results"], name, f"{trainer}__tumorsynthTinyPlans__3d_fullres", "fold_0",
+        final = os.path.join(env["nnUNet_results"], name, f"{trainer}__{TINY_PLANS}__3d_fullres", "fold_0",
                              "checkpoint_final.pth")
         if not os.path.isfile(final):
             print(f"training {trainer} ...", flush=True)
-            timings[f"train {trainer} (s)"] = sh(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p",
-                                                  "tumorsynthTinyPlans", "-tr", trainer, "-device", args.device], env)
+            timings[f"train {trainer} (s)"] = run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p",
+                                                       TINY_PLANS, "-tr", trainer, "-device", args.device], env).seconds
 
     # boxes of the true tumours, LLD-MMRI layout (one arterial-phase series per test case)
     lld = os.path.join(work, "lld")
@@ -132,17 +115,17 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     for annotation, folder, key in (("Annotation.json", box_out, "tumorsynth_pseudolabel wall (s)"),
                                     ("NoBoxes.json", nobox_out, "tumorsynth_pseudolabel, no boxes, wall (s)")):
-        timings[key] = sh(
+        timings[key] = run_cli(
             ["tumorsynth_pseudolabel", "-bbox", os.path.join(lld, annotation), "-i", os.path.join(lld, "images"),
              "-o", folder, "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", box_trainer, "-p",
-             "tumorsynthTinyPlans", "-device", args.device, "--margin-mm", str(args.margin_mm)], env)
+             TINY_PLANS, "-device", args.device, "--margin-mm", str(args.margin_mm)], env).seconds
     summary = json.load(open(os.path.join(box_out, "pseudolabel_summary.json")))
     per_case = [c["seconds"] for c in summary["cases"]]
     timings["tumorsynth_pseudolabel per case (s)"] = float(np.mean(per_case))
-    timings["nnUNetv2_predict wall (s)"] = sh(
+    timings["nnUNetv2_predict wall (s)"] = run_cli(
         ["nnUNetv2_predict", "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", plain_trainer, "-p",
-         "tumorsynthTinyPlans", "-i", os.path.join(raw, "imagesTs"), "-o", plain_out, "-device", args.device,
-         "-npp", "1", "-nps", "1"], env)
+         TINY_PLANS, "-i", os.path.join(raw, "imagesTs"), "-o", plain_out, "-device", args.device,
+         "-npp", "1", "-nps", "1"], env).seconds
 
     rows = {"BBoxChannel (boxes as input)": [], "BBoxChannel, no boxes given": [], "plain nnU-Net": [],
             "plain nnU-Net + box filter": []}
@@ -169,7 +152,7 @@ def main() -> None:
     print()
     for key, value in timings.items():
         print(f"{key:40s} {value:8.2f}")
-    print(f"\ncommand: {' '.join([os.path.basename(sys.executable), *sys.argv])}   (workdir {work})")
+    print(f"\ncommand: {command_line()}   (workdir {work})")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ within noise. For the synchronous/background comparison see the README (figures 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
@@ -39,22 +38,22 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
-import time
 
-BIN = os.path.dirname(sys.executable)
+from _common import (
+    TINY_PLANS,
+    argument_parser,
+    command_line,
+    load_average,
+    machine_line,
+    nnunet_env,
+    phantom_commands,
+    run_cli,
+    trainers_path,
+)
+
 DATASET = "995"
 NAME = "Dataset995_Phantom"
-
-
-def sh(env, *cmd):
-    start = time.time()
-    result = subprocess.run([os.path.join(BIN, cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stdout[-3000:], result.stderr[-3000:])
-        sys.exit(f"failed: {' '.join(cmd)}")
-    return result.stdout, time.time() - start
 
 
 class GpuMemoryPeak:
@@ -108,7 +107,7 @@ def median_or_dash(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps during training")
@@ -130,13 +129,10 @@ def main() -> None:
     reuse = args.reuse_workdir and os.path.isdir(args.workdir)
     if os.path.exists(args.workdir) and not reuse:
         shutil.rmtree(args.workdir)
-    env = os.environ.copy()
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[var] = os.path.join(args.workdir, var)
-        os.makedirs(env[var], exist_ok=True)
+    env = nnunet_env(args.workdir)
     env.setdefault("nnUNet_n_proc_DA", "2")
     env.update(nnUNet_def_n_proc="1")
-    env["nnUNet_extTrainer"] = sh(env, "tumorsynth_env", "--trainers-path")[0].strip()
+    env["nnUNet_extTrainer"] = trainers_path(env)
     common = {"probability": args.probability, "ddpm_steps": args.steps, "size": "small", "preview_every": 0}
     background = {"background": True}
     for key in ("background_threads", "background_seconds"):
@@ -153,18 +149,17 @@ def main() -> None:
         variants.append(("SynthTumor heuristic background", "nnUNetTrainerSynthTumorHeuristicShort",
                          {**common, **background, "background_nice": args.background_nice[0]}))
 
-    plans = "nnUNetPlans" if args.full_plans else "tumorsynthTinyPlans"
+    plans = "nnUNetPlans" if args.full_plans else TINY_PLANS
     if not reuse:
-        sh(env, "tumorsynth_make_phantom", "-d", DATASET, "-n", "10")
-        sh(env, "nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "2")
-        if not args.full_plans:
-            sh(env, "tumorsynth_tiny_plans", "-d", DATASET, "--features", "8", "16", "32", "--patch", "32", "64", "64")
-        _, t = sh(env, "tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", "-p", plans,
-                  "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "--crop", *map(str, args.crop),
-                  "-device", args.device)
+        tiny_plans = None if args.full_plans else ["--features", "8", "16", "32", "--patch", "32", "64", "64"]
+        for cmd in phantom_commands(DATASET, phantom=["-n", "10"], tiny_plans=tiny_plans):
+            run_cli(cmd, env)
+        t = run_cli(["tumorsynth_pretrain_ddpm", "-d", DATASET, "-c", "3d_fullres", "-f", "0", "-p", plans,
+                     "--preset", args.preset, "--epochs", str(args.ddpm_epochs), "--crop", *map(str, args.crop),
+                     "-device", args.device], env).seconds
         print(f"pretrained {args.preset} DDPM for {args.ddpm_epochs} epochs in {t:.0f} s")
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     figures = {label: {"epoch_s": [], "made": [], "busy_s": [], "waited_s": [], "initial_s": []}
                for label, _, _ in variants}
     peaks: dict[str, int] = {}
@@ -178,8 +173,8 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)  # no bank or checkpoint of an earlier variant or round
             memory = GpuMemoryPeak() if args.device == "cuda" else contextlib.nullcontext()
             with memory:
-                _, seconds = sh(env, "nnUNetv2_train", DATASET, "3d_fullres", "0", "-p", plans, "-tr", trainer,
-                                "-device", args.device)
+                seconds = run_cli(["nnUNetv2_train", DATASET, "3d_fullres", "0", "-p", plans, "-tr", trainer,
+                                   "-device", args.device], env).seconds
             if isinstance(memory, GpuMemoryPeak) and memory.peak_mib:
                 peaks[label] = max(peaks.get(label, 0), memory.peak_mib)
             log = read_log(folder)
@@ -202,9 +197,8 @@ def main() -> None:
               f"{median_or_dash(f['busy_s']):>7s} {median_or_dash(f['waited_s']):>9s} {waited:>9s} "
               f"{median_or_dash(f['initial_s']):>15s} {str(peaks.get(label, '-')):>13s}")
     print("epoch times per variant:", {k: [round(t, 1) for t in f["epoch_s"]] for k, f in figures.items()})
-    print(f"machine: {os.cpu_count()} CPUs; load average (1, 5, 15 min) before the trainings "
-          f"{tuple(round(v, 1) for v in load_before)}, after {tuple(round(v, 1) for v in os.getloadavg())}")
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(machine_line(load_before, " the trainings"))
+    print("command:", command_line())
 
 
 if __name__ == "__main__":

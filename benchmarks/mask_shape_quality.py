@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from _common import argument_parser
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.synthesis import shape as masks
@@ -58,7 +58,7 @@ def run_setting(size: str, deformation: str | None, n: int, spacing, seed: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--n", type=int, default=500, help="masks per setting")
     parser.add_argument("--spacing", type=float, nargs=3, default=(3.0, 1.5, 1.5), help="mm per axis")
     parser.add_argument("--amplitudes", type=float, nargs="+", default=(2.0, 4.0, 6.0, 8.0, 10.0), help="mm")

@@ -5,19 +5,23 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Callable
 
 
 class Logger:
     """``log("message")`` appends ``"<timestamp>: message"`` to ``path`` and prints it.
 
     ``path=None`` logs to the console only; ``enabled=False`` is silent (e.g. DDP ranks other than 0).
-    Console lines go through ``tqdm.write`` so they do not break a progress bar.
+    Console lines go through ``tqdm.write`` so they do not break a progress bar; ``echo`` (a callable taking
+    the message without its timestamp) replaces the console when given.
     """
 
-    def __init__(self, path: str | None, console: bool = True, enabled: bool = True) -> None:
+    def __init__(self, path: str | None, console: bool = True, enabled: bool = True,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.console = console
         self.enabled = enabled
+        self.echo = echo
         if path is not None and enabled:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
@@ -28,7 +32,9 @@ class Logger:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
-        if self.console:
+        if self.echo is not None:
+            self.echo(" ".join(str(p) for p in parts))
+        elif self.console:
             from tqdm import tqdm
 
             tqdm.write(line, file=sys.stdout)

@@ -26,6 +26,19 @@ BIN = os.path.dirname(sys.executable)
 PHANTOM_ID = 990
 TINY_PLANS = "tumorsynthTinyPlans"
 
+# Fixtures that plan and preprocess through the real nnU-Net CLIs: every test that uses one of them, directly or
+# through another fixture (pytest's ``fixturenames`` is the whole closure), is end to end.
+E2E_FIXTURES = frozenset({"phantom_dataset"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``e2e`` every test that needs a dataset planned by nnU-Net (``E2E_FIXTURES``) and every test in a
+    ``*_e2e.py`` file, so that ``pytest -m "not e2e"`` is the fast unit-level run. Tests that run the training or
+    planning CLIs themselves without those fixtures carry the mark explicitly (``pytestmark`` or a decorator)."""
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.path.name.endswith("_e2e.py"):
+            item.add_marker(pytest.mark.e2e)
+
 
 def cli(name: str) -> str:
     """Path of an installed console script of this environment (nnU-Net's or ours)."""
@@ -45,6 +58,15 @@ def run(cmd: list[str], env: dict | None = None, timeout: int = 900, check: bool
             f"\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def log_line(log: str | list[str], *keys: str) -> str | None:
+    """The first line of ``log`` (a text or a list of messages) that holds every key, else None.
+
+    Tests check what a log message must carry (figures, file and case names, WARNING) with this, not its exact
+    wording, which may change freely."""
+    lines = log.splitlines() if isinstance(log, str) else [line for m in log for line in str(m).splitlines()]
+    return next((line for line in lines if all(key in line for key in keys)), None)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import log_line
 
 from nnunetv2_tumorsynth.bank.background import THREAD_NAME, BackgroundGenerator
 from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings, entry_paths
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 
 SPACING = (3.0, 1.5, 1.5)
@@ -163,10 +165,9 @@ def test_stop_cancels_a_sampling_in_progress(dataset, tmp_path):
 def make_training(folder, **settings) -> tuple[SyntheticTumourTraining, list[str]]:
     lines: list[str] = []
     s = SynthSettings(texture="heuristic", size="small", seed=1, preview_every=1, background_nice=0, **settings)
-    dataset_json = {"labels": {"background": 0, "liver": 1, "tumour": 2}, "channel_names": {"0": "MR"}}
-    training = SyntheticTumourTraining(s, lines.append, str(folder), dataset_json,
-                                       SimpleNamespace(dataset_name="Dataset999_Fake"),
-                                       SimpleNamespace(spacing=SPACING), "3d_fullres", 0, torch.device("cpu"))
+    dataset = SimpleNamespace(name="Dataset999_Fake", spacing=SPACING, organ_label=1, tumour_label=2, num_channels=1,
+                              configuration="3d_fullres", configuration_manager=SimpleNamespace(spacing=SPACING))
+    training = SyntheticTumourTraining(s, lines.append, str(folder), dataset, 0, torch.device("cpu"))
     return training, lines
 
 
@@ -190,7 +191,7 @@ def test_training_lifecycle_background_then_resume(dataset, tmp_path):
     training.stop()
     assert not generator_threads()
     log = "\n".join(lines)
-    assert "initial bank 3 entries" in log and "background generator makes 1 new entries per epoch" in log
+    assert log_line(log, "initial bank 3 entries") and log_line(log, "background", "1 new entries", "epoch")
     assert log.count("training waited 0.00 s") == 2 and log.count("generator busy") == 2
     assert "background generator stopped" in log
     assert os.path.isfile(os.path.join(str(tmp_path), "synthetic_tumours_epoch0001.png"))
@@ -206,13 +207,13 @@ def test_training_lifecycle_background_then_resume(dataset, tmp_path):
     run_epochs(resumed, range(2, 3))
     resumed.stop()
     log = "\n".join(lines)
-    assert "removed 1 unfinished entry files" in log and "initial bank 0 entries" in log, "no wait on resume"
+    assert log_line(log, "removed 1", "unfinished") and log_line(log, "initial bank 0 entries"), "no wait on resume"
     assert not generator_threads()
 
 
 def test_training_synchronous_mode_waits_and_reports(dataset, tmp_path):
     training, lines = make_training(tmp_path)  # 'background' unset: synchronous on a CPU device
-    assert not training.background and "synchronous synthesis because the device is not CUDA" in lines[-1]
+    assert not training.background and log_line(lines[-1:], "synchronous", "CUDA")
     training.start(dataset, batch_size=2, iterations_per_epoch=10, epoch=0)
     run_epochs(training, range(2))
     training.stop()

@@ -21,19 +21,15 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import _ROOT, TINY_PLANS, cli, run
+from conftest import _ROOT, TINY_PLANS, cli, log_line, run
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.cli.tiny_plans import main as tiny_plans_main
-from nnunetv2_tumorsynth.generate.generator import (
-    GenerateError,
-    GenerateSettings,
-    InverseNormalisation,
-    Source,
-    generate_dataset,
-    inverse_normalisation,
-    to_raw_grid,
-)
+from nnunetv2_tumorsynth.generate.generator import generate_dataset
+from nnunetv2_tumorsynth.generate.normalisation import InverseNormalisation, inverse_normalisation
+from nnunetv2_tumorsynth.generate.raw_grid import to_raw_grid
+from nnunetv2_tumorsynth.generate.settings import GenerateError, GenerateSettings
+from nnunetv2_tumorsynth.generate.source import GenerationSource
 from nnunetv2_tumorsynth.phantom import PhantomSettings, write_phantom_dataset
 from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES
 
@@ -185,7 +181,7 @@ def transposed_source(phantom_dataset):
 def test_real_tumours_map_back_onto_themselves(transposed_source):
     """The preprocessed image and tumour label, mapped back, land on the raw ones (geometry and intensities)."""
     name, _ = transposed_source
-    source = Source(GenerateSettings(dataset=name, as_dataset=0, plans=TRANSPOSED_PLANS, fold="all"))
+    source = GenerationSource(GenerateSettings(dataset=name, as_dataset=0, plans=TRANSPOSED_PLANS, fold="all"))
     case = source.load("phantomtr_000")
     assert case.data.shape[1:] != case.raw_array.shape, "the plans resample and transpose"
     values, region = to_raw_grid(case.data[0], case.seg[0] == TUMOUR, case.properties, source.plans_manager,
@@ -223,6 +219,13 @@ def test_generate_on_resampled_transposed_data(transposed_source):
         # CT normalisation: mapped-back values lie in the plans' clip range
         assert clip["percentile_00_5"] - 1e-3 <= image[new].min() and image[new].max() <= clip["percentile_99_5"] + 1e-3
     verify_dataset_integrity(folder, num_processes=1)
+    # tumorsynth_preview / _turing / _realism read what was written (records, and the settings' source folder)
+    from nnunetv2_tumorsynth.inspection import preview
+
+    assert preview.input_kind(folder) == "generated"
+    items = list(preview.generated_items(folder))
+    assert {(i.case, i.source_case) for i in items} == {(r["image"], r["source_case"]) for r in records}
+    assert all(i.mask.any() and i.before is not None for i in items)
 
 
 # ------------------------------------------------------------------------- in-process, session phantom
@@ -296,6 +299,7 @@ def test_ddpm_dataset_geometry_records_and_splits(ddpm_dataset, phantom_dataset)
     assert os.path.isfile(os.path.join(ddpm_dataset, "tumorsynth_preview.png"))
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_train_tiny_nnunet_with_written_splits(ddpm_dataset, ddpm_env):
     """plan_and_preprocess (verify_dataset_integrity) copies the splits; nnU-Net trains and validates with them."""
     name = os.path.basename(ddpm_dataset)
@@ -309,12 +313,14 @@ def test_train_tiny_nnunet_with_written_splits(ddpm_dataset, ddpm_env):
          "-device", "cpu"], env=ddpm_env)
     fold = os.path.join(ddpm_env["nnUNet_results"], name, f"nnUNetTrainerTiny__{TINY_PLANS}__3d_fullres", "fold_0")
     log = open(glob.glob(os.path.join(fold, "training_log_*.txt"))[0]).read()
-    assert f"This split has {len(splits[0]['train'])} training and {len(splits[0]['val'])} validation cases" in log
+    assert log_line(log, f"{len(splits[0]['train'])} training", f"{len(splits[0]['val'])} validation"), \
+        "nnU-Net used the written split"
     validated = sorted(os.path.basename(p)[: -len(".nii.gz")] for p in glob.glob(os.path.join(fold, "validation",
                                                                                              "*.nii.gz")))
     assert validated == sorted(splits[0]["val"])
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_kill_and_resume(ddpm_dataset, phantom_dataset, ddpm_env):
     """kill -9 after the first image: nothing visible in nnUNet_raw; a re-run finishes with the same images."""
     cmd = generate_cmd(phantom_dataset, KILLED_ID, *DDPM_ARGS)
@@ -346,6 +352,7 @@ def test_kill_and_resume(ddpm_dataset, phantom_dataset, ddpm_env):
             np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_replace_real(phantom_dataset):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 

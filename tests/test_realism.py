@@ -10,14 +10,14 @@ import pytest
 from scipy import stats
 
 from nnunetv2_tumorsynth.inspection import realism
-from nnunetv2_tumorsynth.inspection.realism import (
+from nnunetv2_tumorsynth.inspection.features import (
     boundary_gradient,
-    compare,
     image_features,
     sphericity,
     tumour_features,
     voxel_face_area_mm2,
 )
+from nnunetv2_tumorsynth.inspection.realism import compare
 
 SPACINGS = [(1.0, 1.0, 1.0), (3.0, 1.5, 1.5)]
 

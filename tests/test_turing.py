@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_tumorsynth.inspection.turing import (
-    TuringCase,
-    TuringError,
-    export_turing_test,
+from nnunetv2_tumorsynth.inspection.turing import TuringCase, TuringError, export_turing_test
+from nnunetv2_tumorsynth.inspection.turing_scores import (
     fleiss_kappa,
     markdown_scores,
     read_sheet,

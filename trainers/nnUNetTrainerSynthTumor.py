@@ -9,11 +9,10 @@ trainer stops it at the end of training and whenever ``run_training`` ends with 
 from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining, resolve_settings
-from nnunetv2_tumorsynth.bank.store import SynthSettings
+from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining
+from nnunetv2_tumorsynth.bank.settings import SynthSettings, resolve_settings
 from nnunetv2_tumorsynth.nnunet import ShortSchedule
 
 
@@ -37,10 +36,7 @@ class nnUNetTrainerSynthTumor(nnUNetTrainer):
     def get_tr_and_val_datasets(self):
         # only the training split is wrapped: validation never sees synthetic tumours
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        self.synthesis = SyntheticTumourTraining(
-            resolve_settings(self.synth), self.print_to_log_file, self.output_folder, self.dataset_json,
-            self.plans_manager, self.configuration_manager, self.configuration_name, self.fold, self.device,
-            self.local_rank, dist.get_world_size() if self.is_ddp else 1)
+        self.synthesis = SyntheticTumourTraining.from_trainer(self, resolve_settings(self.synth))
         dataset_tr = self.synthesis.start(dataset_tr, self.batch_size, self.num_iterations_per_epoch,
                                           self.current_epoch)
         return dataset_tr, dataset_val

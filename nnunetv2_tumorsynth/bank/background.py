@@ -42,59 +42,16 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
 import torch
 
-from nnunetv2_tumorsynth.bank.store import GenerationStats, SynthesisBank
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats
 
 THREAD_NAME = "tumorsynth-generator"
 
 
 class GenerationCancelled(Exception):
     """Raised inside the generator thread, at a network evaluation, once ``stop`` has been asked."""
-
-
-@dataclass
-class GeneratorTotals:
-    """What the generator has done since it started (cumulative; differences give per-epoch figures).
-
-    made: entries written. busy_seconds: wall seconds spent making entries, including the entry in
-    progress. volumes_ml: tumour volume of each entry in ml. skipped_cases: cases found unusable.
-    sizes_requested / sizes_used / radii_mm / requested_radii_mm: per entry, the size preset asked for,
-    the preset placed, the placed mask's equivalent radius in mm after clipping, and the equivalent radius
-    in mm of the first tumour drawn at the requested preset. fallbacks: entries placed with a smaller
-    preset than requested (as in ``bank.GenerationStats``).
-    """
-
-    made: int = 0
-    busy_seconds: float = 0.0
-    volumes_ml: list[float] = field(default_factory=list)
-    skipped_cases: list[str] = field(default_factory=list)
-    sizes_requested: list[str] = field(default_factory=list)
-    sizes_used: list[str] = field(default_factory=list)
-    radii_mm: list[float] = field(default_factory=list)
-    requested_radii_mm: list[float] = field(default_factory=list)
-    fallbacks: int = 0
-
-    def add(self, stats: GenerationStats | GeneratorTotals, busy_seconds: float) -> None:
-        """Count one ``SynthesisBank.generate`` call (or other totals) that took ``busy_seconds`` of wall time."""
-        self.made += stats.made
-        self.busy_seconds += busy_seconds
-        self.volumes_ml += stats.volumes_ml
-        self.skipped_cases += stats.skipped_cases
-        self.sizes_requested += stats.sizes_requested
-        self.sizes_used += stats.sizes_used
-        self.radii_mm += stats.radii_mm
-        self.requested_radii_mm += stats.requested_radii_mm
-        self.fallbacks += stats.fallbacks
-
-    def __add__(self, other: GeneratorTotals) -> GeneratorTotals:
-        """Both totals together, as a new object (lists copied)."""
-        total = GeneratorTotals()
-        for part in (self, other):
-            total.add(part, part.busy_seconds)
-        return total
 
 
 class BackgroundGenerator:
@@ -126,7 +83,7 @@ class BackgroundGenerator:
         self._condition = threading.Condition()  # guards every attribute below
         self._stopping = False
         self._epoch = 0
-        self._totals = GeneratorTotals()
+        self._totals = SynthesisStats()
         self._busy_since: float | None = None  # start of the entry in progress
         self._epoch_start_made = 0
         self._epoch_start_busy = 0.0
@@ -154,10 +111,10 @@ class BackgroundGenerator:
             self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
-    def totals(self) -> GeneratorTotals:
+    def totals(self) -> SynthesisStats:
         """A copy of the cumulative figures, the entry in progress counted in ``busy_seconds``."""
         with self._condition:
-            copy = GeneratorTotals()
+            copy = SynthesisStats()
             copy.add(self._totals, self._busy_seconds())
             return copy
 

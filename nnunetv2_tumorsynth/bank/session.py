@@ -27,46 +27,62 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nnunetv2_tumorsynth.bank.background import BackgroundGenerator, GeneratorTotals
-from nnunetv2_tumorsynth.bank.store import (
-    SynthesisBank,
-    SyntheticTumourDataset,
-    SynthSettings,
-    count_uses,
-    entry_paths,
-    write_preview,
-)
-from nnunetv2_tumorsynth.nnunet import (
-    case_slice_spacings_mm,
-    find_ddpm_checkpoint,
-    organ_and_tumour_labels,
-    preprocessed_spacing_mm,
-)
-from nnunetv2_tumorsynth.synthesis.texture import DDPMTexture, HeuristicTexture
-
-SETTINGS_ENV = "TUMORSYNTH_SETTINGS"
+from nnunetv2_tumorsynth.bank.background import BackgroundGenerator
+from nnunetv2_tumorsynth.bank.overlay import SyntheticTumourDataset, count_uses
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats, entry_paths, write_preview
+from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, case_slice_spacings_mm, find_ddpm_checkpoint
+from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
 
-def resolve_settings(defaults: SynthSettings) -> SynthSettings:
-    """The trainer's settings, updated from the JSON file named by ``$TUMORSYNTH_SETTINGS`` if set."""
-    path = os.environ.get(SETTINGS_ENV)
-    return defaults.updated_from_json(path) if path else defaults
+def load_texture(settings: SynthSettings, dataset: PreprocessedDataset, fold: int | str, device: str,
+                 checkpoint: str | None = None, batch_size: int = 4):
+    """(texture, checkpoint path or None) for ``settings.texture``: the fold's diffusion model (or ``checkpoint``),
+    checked against the dataset's spacing and normalisation; ValueError says what to run when it does not fit."""
+    if settings.texture != "ddpm":
+        return make_texture(settings.texture, heuristic_polarity=settings.heuristic_polarity), None
+    from nnunetv2_tumorsynth.ddpm import check_compatible
+
+    path = checkpoint or find_ddpm_checkpoint(dataset.name, dataset.plans_identifier, dataset.configuration, fold)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"diffusion checkpoint {path} does not exist; train one with tumorsynth_pretrain_ddpm")
+    texture = make_texture("ddpm", checkpoint=path, ddpm_steps=settings.ddpm_steps, ddpm_sampler=settings.ddpm_sampler,
+                           device=str(device), batch_size=batch_size)
+    try:
+        check_compatible(texture.metadata, dataset.spacing, {"scheme": dataset.normalisation()["scheme"]})
+    except ValueError as e:
+        made_for = [d.get("configuration") for d in texture.metadata.get("datasets", []) if isinstance(d, dict)]
+        note = (f" nnU-Net's {dataset.configuration} cases are 3D volumes at the plans' in-plane spacing, each with "
+                f"its own slice spacing (median {dataset.spacing[0]:g} mm), which a 3d_fullres model generally does "
+                f"not match." if len(dataset.configuration_manager.spacing) == 2 else "")
+        raise ValueError(
+            f"{e} (checkpoint {path}, trained on configuration(s) {made_for or 'unknown'}; this training: "
+            f"{dataset.configuration}).{note} Train a diffusion model on this configuration's data: "
+            f"tumorsynth_pretrain_ddpm -d {dataset.name} -c {dataset.configuration} -f {fold} -p "
+            f"{dataset.plans_identifier} (or use nnUNetTrainerSynthTumorHeuristic, which needs none)") from e
+    return texture, path
 
 
 class SyntheticTumourTraining:
-    def __init__(self, settings: SynthSettings, log, output_folder: str, dataset_json: dict, plans_manager,
-                 configuration_manager, configuration: str, fold, device, rank: int = 0, world_size: int = 1):
+    """The bank, its texture, the training cases, the background generator and the per-epoch log of one training."""
+
+    def __init__(self, settings: SynthSettings, log, output_folder: str, dataset: PreprocessedDataset,
+                 fold: int | str, device, rank: int = 0, world_size: int = 1):
         self.settings, self.log = settings, log
         self.bank_folder = os.path.join(output_folder, "synthesis_bank")
         self.preview_folder = output_folder
-        self.organ_label, self.tumour_label = organ_and_tumour_labels(
-            dataset_json, settings.organ_label, settings.tumour_label)
-        if len(dataset_json["channel_names"]) != 1:
+        self.organ_label, self.tumour_label = dataset.organ_label, dataset.tumour_label
+        if dataset.num_channels != 1:
             raise ValueError(
-                f"synthetic tumours support single-channel datasets; {plans_manager.dataset_name} has "
-                f"{len(dataset_json['channel_names'])} channels {dataset_json['channel_names']}")
-        self.spacing = self._spacing(plans_manager, configuration_manager, configuration, log)
-        self.texture = self._texture(plans_manager, configuration_manager, configuration, fold, device)
+                f"synthetic tumours support single-channel datasets; {dataset.name} has {dataset.num_channels} "
+                f"channels {dataset.dataset_json['channel_names']}")
+        self.spacing = dataset.spacing
+        if len(dataset.configuration_manager.spacing) == 2:
+            self._log_2d_spacing(dataset)
+        self.texture, checkpoint = load_texture(settings, dataset, fold, device)
+        if checkpoint is not None:
+            log(f"synthetic tumours: diffusion model {checkpoint} (preset {self.texture.metadata['preset']}, crop "
+                f"{self.texture.crop_size} voxels, {settings.ddpm_steps} {settings.ddpm_sampler.upper()} steps)")
         self.bank = SynthesisBank(self.bank_folder, self.texture, settings, self.spacing, self.organ_label,
                                   self.tumour_label, rank)
         self.rank, self.world_size, self.device = rank, world_size, device
@@ -76,8 +92,8 @@ class SyntheticTumourTraining:
         self.cases: list[str] = []
         self.entries_per_epoch = 1
         self.generator: BackgroundGenerator | None = None
-        self._totals = GeneratorTotals()  # synchronous mode: what the epochs made so far
-        self._reported = GeneratorTotals()  # totals at the last log line
+        self._totals = SynthesisStats()  # synchronous mode: what the epochs made so far
+        self._reported = SynthesisStats()  # totals at the last log line
         self._waited_this_epoch = 0.0  # seconds the training loop waited for synthesis
         self._uses_at_epoch_start = 0
         log(f"synthetic tumours: settings {asdict(settings)}; organ label {self.organ_label}, tumour label "
@@ -86,54 +102,31 @@ class SyntheticTumourTraining:
             log(f"synthetic tumours: 'background' not set: {'background' if self.background else 'synchronous'} "
                 f"synthesis because the device is {'' if on_cuda else 'not '}CUDA")
 
-    @staticmethod
-    def _spacing(plans_manager, configuration_manager, configuration, log) -> tuple[float, float, float]:
-        """The bank's 3-axis spacing (mm, preprocessed axis order). 2d: nnU-Net's 2d cases are 3D volumes
-        resampled in-plane only, so tumours are made in 3D there (the network sees their slices) with z the
-        dataset's median slice spacing; cases with another slice spacing are logged (an approximation: the
-        bank has one spacing for all cases)."""
-        if len(configuration_manager.spacing) == 3:
-            return tuple(float(s) for s in configuration_manager.spacing)
-        name, plans = plans_manager.dataset_name, plans_manager.plans
-        spacing = preprocessed_spacing_mm(name, plans, configuration_manager.spacing)
-        log(f"synthetic tumours: {configuration} configuration: tumours are made in 3D in each case's volume (the "
-            f"network trains on its slices) at {list(spacing)} mm (z, y, x): the plans' in-plane spacing and the "
-            f"median slice spacing of the cases (nnU-Net's 2d preprocessing does not resample z)")
-        slices = case_slice_spacings_mm(name, plans)
+    @classmethod
+    def from_trainer(cls, trainer, settings: SynthSettings) -> SyntheticTumourTraining:
+        """The session of an nnU-Net trainer (its plans, configuration, fold, device, log and DDP rank)."""
+        import torch.distributed as dist
+
+        dataset = PreprocessedDataset(trainer.plans_manager.dataset_name, trainer.plans_manager.plans,
+                                      trainer.configuration_name, trainer.dataset_json, settings.organ_label,
+                                      settings.tumour_label)
+        return cls(settings, trainer.print_to_log_file, trainer.output_folder, dataset, trainer.fold, trainer.device,
+                   trainer.local_rank, dist.get_world_size() if trainer.is_ddp else 1)
+
+    def _log_2d_spacing(self, dataset: PreprocessedDataset) -> None:
+        """2d: nnU-Net's 2d cases are 3D volumes resampled in-plane only, so tumours are made in 3D there (the
+        network sees their slices) with z the dataset's median slice spacing; other slice spacings are logged."""
+        spacing = self.spacing
+        self.log(f"synthetic tumours: {dataset.configuration} configuration: tumours are made in 3D in each case's "
+                 f"volume (the network trains on its slices) at {list(spacing)} mm (z, y, x): the plans' in-plane "
+                 f"spacing and the median slice spacing of the cases (nnU-Net's 2d preprocessing does not resample z)")
+        slices = case_slice_spacings_mm(dataset.name, dataset.plans)
         other = [z for z in slices if not math.isclose(z, spacing[0], rel_tol=0.01)]
         if other:
-            log(f"synthetic tumours: WARNING {len(other)} of {len(slices)} cases have another slice spacing "
-                f"({min(slices):g} to {max(slices):g} mm, median {spacing[0]:g} mm); the bank uses the median for "
-                f"every case, so in those cases tumour sizes, margins and volumes along z are scaled by their "
-                f"slice spacing / {spacing[0]:g} mm")
-        return spacing
-
-    def _texture(self, plans_manager, configuration_manager, configuration, fold, device):
-        s = self.settings
-        if s.texture == "heuristic":
-            return HeuristicTexture(polarity=s.heuristic_polarity)
-        if s.texture != "ddpm":
-            raise ValueError(f"unknown texture backend {s.texture!r}; choose 'ddpm' or 'heuristic'")
-        from nnunetv2_tumorsynth.ddpm import check_compatible
-
-        path = find_ddpm_checkpoint(plans_manager.dataset_name, plans_manager.plans_name, configuration, fold)
-        texture = DDPMTexture(path, steps=s.ddpm_steps, sampler=s.ddpm_sampler, device=str(device))
-        try:
-            check_compatible(texture.metadata, self.spacing, {"scheme": configuration_manager.normalization_schemes[0]})
-        except ValueError as e:
-            name, plans = plans_manager.dataset_name, plans_manager.plans_name
-            made_for = [d.get("configuration") for d in texture.metadata.get("datasets", []) if isinstance(d, dict)]
-            note = (f" nnU-Net's {configuration} cases are 3D volumes at the plans' in-plane spacing, each with its "
-                    f"own slice spacing (median {self.spacing[0]:g} mm), which a 3d_fullres model generally does not "
-                    f"match." if len(configuration_manager.spacing) == 2 else "")
-            raise ValueError(
-                f"{e} (checkpoint {path}, trained on configuration(s) {made_for or 'unknown'}; this training: "
-                f"{configuration}).{note} Train a diffusion model on this configuration's data: "
-                f"tumorsynth_pretrain_ddpm -d {name} -c {configuration} -f {fold} -p {plans} (or use "
-                f"nnUNetTrainerSynthTumorHeuristic, which needs none)") from e
-        self.log(f"synthetic tumours: diffusion model {path} (preset {texture.metadata['preset']}, crop "
-                 f"{texture.crop_size} voxels, {s.ddpm_steps} {s.ddpm_sampler.upper()} steps)")
-        return texture
+            self.log(f"synthetic tumours: WARNING {len(other)} of {len(slices)} cases have another slice spacing "
+                     f"({min(slices):g} to {max(slices):g} mm, median {spacing[0]:g} mm); the bank uses the median "
+                     f"for every case, so in those cases tumour sizes, margins and volumes along z are scaled by "
+                     f"their slice spacing / {spacing[0]:g} mm")
 
     def start(self, dataset_tr, batch_size: int, iterations_per_epoch: int, epoch: int) -> SyntheticTumourDataset:
         """Make the initial bank (training waits for it) and return the wrapped training dataset."""
@@ -150,7 +143,7 @@ class SyntheticTumourTraining:
         else:
             initial = max(self.entries_per_epoch, missing) if self.rank == 0 else self.entries_per_epoch
         stats = self.bank.generate(self.dataset, self.cases, initial, epoch)
-        self._totals.add(stats, stats.seconds)
+        self._totals.add(stats)
         self._reported = self._copy_totals()
         self._report_skipped(stats.skipped_cases)
         s = self.settings
@@ -165,7 +158,7 @@ class SyntheticTumourTraining:
                 s.background_threads, s.background_nice, self.device)
         else:
             how = f"then {self.entries_per_epoch} new entries at the start of every epoch (synchronous)"
-        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.seconds:.1f} s (bank held {held} "
+        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.busy_seconds:.1f} s (bank held {held} "
                  f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
         return SyntheticTumourDataset(dataset_tr, self.bank_folder, s.probability, self.tumour_label,
                                       s.dump_samples)
@@ -175,8 +168,8 @@ class SyntheticTumourTraining:
         self._uses_at_epoch_start = count_uses(self.bank_folder)
         if self.generator is None:
             stats = self.bank.generate(self.dataset, self.cases, self.entries_per_epoch, epoch)
-            self._totals.add(stats, stats.seconds)
-            self._waited_this_epoch = stats.seconds
+            self._totals.add(stats)
+            self._waited_this_epoch = stats.busy_seconds
             return
         self.generator.check()
         self._waited_this_epoch = 0.0  # the training loop never waits for the background generator
@@ -232,9 +225,9 @@ class SyntheticTumourTraining:
             self.log(f"synthetic tumours: ERROR the background generator failed in epoch {generator.error_epoch}:\n"
                      f"{generator.error_traceback}")
 
-    def _copy_totals(self) -> GeneratorTotals:
+    def _copy_totals(self) -> SynthesisStats:
         """Cumulative figures of both the synchronous calls and the background generator."""
-        return self._totals + (self.generator.totals() if self.generator is not None else GeneratorTotals())
+        return self._totals + (self.generator.totals() if self.generator is not None else SynthesisStats())
 
     def _report_skipped(self, skipped_cases: list[str]) -> None:
         for case in skipped_cases:

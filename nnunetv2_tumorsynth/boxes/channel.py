@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform, ImageOnlyTransform
 
-from nnunetv2_tumorsynth.boxes.geometry import jitter_box, lesion_boxes, rasterise
+from nnunetv2_tumorsynth.boxes.geometry import Box, jitter_box, lesion_boxes, rasterise
 
 # ---------------------------------------------------------------------------------------------------
 # Training: boxes of the augmented ground truth, jittered and dropped
@@ -53,16 +53,16 @@ class BoxChannelSettings:
                 f"{self.p_drop_lesion:g}, whole-sample dropout {self.p_drop_all:g}")
 
 
-def box_channel(tumour: np.ndarray, spacing: tuple[float, ...], settings: BoxChannelSettings,
-                rng: np.random.Generator, slice_axis: int = 0) -> np.ndarray:
-    """Binary box channel (bool, same shape as ``tumour``) for one sample.
+def draw_boxes(tumour: np.ndarray, spacing: tuple[float, ...], settings: BoxChannelSettings,
+               rng: np.random.Generator, slice_axis: int = 0) -> list[Box]:
+    """The random boxes of one sample: each lesion's box (or per-slice boxes) jittered, some dropped.
 
     ``tumour`` is the tumour mask of the (augmented) sample, ``spacing`` its voxel size in mm in the
     same axis order, ``slice_axis`` the axis across axial slices (used when ``settings.per_slice``
     and the sample is 3D).
     """
     if not tumour.any() or rng.random() < settings.p_drop_all:
-        return np.zeros(tumour.shape, dtype=bool)
+        return []
     per_slice_axis = slice_axis if settings.per_slice and tumour.ndim == 3 else None
     boxes = []
     for lesion in lesion_boxes(tumour, per_slice_axis):
@@ -70,10 +70,16 @@ def box_channel(tumour: np.ndarray, spacing: tuple[float, ...], settings: BoxCha
             continue
         fixed = () if per_slice_axis is None else (per_slice_axis,)
         boxes += [jitter_box(b, tumour.shape, spacing, settings.jitter_mm, rng, fixed) for b in lesion]
-    return rasterise(boxes, tumour.shape)
+    return boxes
 
 
-class BoxChannelTransform(BasicTransform):
+def box_channel(tumour: np.ndarray, spacing: tuple[float, ...], settings: BoxChannelSettings,
+                rng: np.random.Generator, slice_axis: int = 0) -> np.ndarray:
+    """Binary box channel (bool, same shape as ``tumour``) for one sample: ``draw_boxes`` rasterised."""
+    return rasterise(draw_boxes(tumour, spacing, settings, rng, slice_axis), tumour.shape)
+
+
+class BoxChannelTransform(ImageOnlyTransform):
     """Append the tumour box channel to ``image``, drawn from the tumour label in ``segmentation``.
 
     Place it after nnU-Net's spatial and intensity augmentation (so the boxes follow the augmented
@@ -95,13 +101,11 @@ class BoxChannelTransform(BasicTransform):
         segmentation = data_dict["segmentation"]
         tumour = np.asarray(segmentation[0]) == self.tumour_label
         rng = self.rng if self.rng is not None else np.random.default_rng(np.random.randint(0, 2**31))
-        return {"box": box_channel(tumour, self.spacing, self.settings, rng, self.slice_axis)}
+        return {"boxes": draw_boxes(tumour, self.spacing, self.settings, rng, self.slice_axis), "shape": tumour.shape}
 
-    def apply(self, data_dict: dict, **params) -> dict:
-        image = data_dict["image"]
-        box = torch.from_numpy(params["box"]).to(image.dtype)[None]
-        data_dict["image"] = torch.cat((image, box), dim=0)
-        return data_dict
+    def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
+        box = torch.from_numpy(rasterise(params["boxes"], params["shape"])).to(img.dtype)[None]
+        return torch.cat((img, box), dim=0)
 
 
 def insert_before_deep_supervision(transforms, new_transform: BasicTransform):

@@ -2,7 +2,8 @@
 
 From Python, the same as the command ``tumorsynth_pseudolabel`` (which is argparse plus this one call)::
 
-    from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelSettings, pseudolabel_folder
+    from nnunetv2_tumorsynth.boxes.pseudolabel import pseudolabel_folder
+    from nnunetv2_tumorsynth.boxes.pseudolabel_settings import PseudolabelSettings
 
     results = pseudolabel_folder(PseudolabelSettings(
         annotations="Annotation.json", images="LLD-MMRI/images", dataset="501", output_folder="pseudo"))
@@ -22,21 +23,17 @@ The pieces can be called on their own: :func:`load_predictor` (with :func:`check
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from nnunetv2_tumorsynth.boxes import (
-    PAPER_PHASES,
     BoxCase,
     boxes_in_image,
     margin_in_voxels,
@@ -45,6 +42,8 @@ from nnunetv2_tumorsynth.boxes import (
     restrict_tumour_to_boxes,
     to_preprocessed_grid,
 )
+from nnunetv2_tumorsynth.boxes.box_model import BoxModel, find_model, load_predictor, pick_device
+from nnunetv2_tumorsynth.boxes.pseudolabel_settings import PseudolabelError, PseudolabelSettings, UnreadableImage
 from nnunetv2_tumorsynth.files import (
     atomic_path,
     existing_datasets,
@@ -53,161 +52,7 @@ from nnunetv2_tumorsynth.files import (
     write_json_atomic,
 )
 from nnunetv2_tumorsynth.log import Logger
-from nnunetv2_tumorsynth.nnunet import dataset_name, ensure_trainers_findable, organ_and_tumour_labels
-
-
-class PseudolabelError(RuntimeError):
-    """Bad input for pseudo-labelling; the message says what to fix."""
-
-
-class UnreadableImage(PseudolabelError):
-    """An image file that SimpleITK / nnU-Net cannot read; that case is skipped."""
-
-
-@dataclass
-class PseudolabelSettings:
-    """Everything ``tumorsynth_pseudolabel`` accepts (its flag in brackets).
-
-    annotations [-bbox]: LLD-MMRI ``Annotation.json``, or generic boxes (a JSON per case, a folder of them, a CSV).
-    images [-i]: image folder (LLD-MMRI: ``<patient>/<study>/<series>.nii.gz``).
-    dataset [-d]: dataset the box-guided model was trained on (id or name).
-    output_folder [-o]: folder for the label maps; may be None with ``as_dataset``.
-    configuration, fold, trainer, plans, checkpoint [-c, -f, -tr, -p, -chk]: which trained model.
-    phases [--phases]: LLD-MMRI phases to use, each its own case (None: every phase).
-    categories [--categories]: keep LLD-MMRI series whose lesions all have one of these categories (None: all).
-    margin_mm [--margin-mm, --keep-outside]: tumour further than this (mm) from every box is removed;
-        None keeps it.
-    organ_label, tumour_label [--organ-label, --tumour-label]: names or values (None: from dataset.json).
-    as_dataset [--as-dataset]: also write ``$nnUNet_raw/Dataset<ID>_<source>Pseudo``.
-    save_boxes [--save-boxes]: also write the box rasters to ``<output_folder>/boxes/``.
-    device [-device]: ``cpu``, ``cuda`` or ``mps`` (None: cuda when available, else cpu).
-    step_size [-step_size]: sliding-window step (fraction of the patch).
-    use_mirroring [--disable_tta]: test-time mirroring.
-    overwrite [--overwrite]: replace existing outputs.
-    """
-
-    annotations: str
-    images: str
-    dataset: str | int
-    output_folder: str | None = None
-    configuration: str = "3d_fullres"
-    fold: str = "0"
-    trainer: str = "nnUNetTrainerBBoxChannel"
-    plans: str = "nnUNetPlans"
-    checkpoint: str = "checkpoint_final.pth"
-    phases: tuple[str, ...] | None = PAPER_PHASES
-    categories: tuple[int, ...] | None = None
-    margin_mm: float | None = 5.0
-    organ_label: str | None = None
-    tumour_label: str | None = None
-    as_dataset: int | None = None
-    save_boxes: bool = False
-    device: str | None = None
-    step_size: float = 0.5
-    use_mirroring: bool = True
-    overwrite: bool = False
-
-    @property
-    def phases_given(self) -> list[str]:
-        """The phases as the command line gives them (``["all"]`` for every phase)."""
-        return ["all"] if self.phases is None else list(self.phases)
-
-    @property
-    def categories_given(self) -> list[int] | None:
-        return None if self.categories is None else list(self.categories)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The box-guided model
-# ---------------------------------------------------------------------------------------------------
-
-
-def model_folder(name: str, trainer: str, plans: str, configuration: str) -> str:
-    """``$nnUNet_results/<Dataset>/<trainer>__<plans>__<configuration>``."""
-    from nnunetv2.paths import nnUNet_results
-
-    if not nnUNet_results:
-        raise PseudolabelError("nnUNet_results is not set; export nnUNet_results=/path/to/nnUNet_results")
-    return os.path.join(nnUNet_results, name, f"{trainer}__{plans}__{configuration}")
-
-
-def first_conv_in_channels(network_weights: dict) -> int:
-    """Input channels of a network from its state dict: the first convolution weight's second axis."""
-    for value in network_weights.values():
-        if hasattr(value, "ndim") and value.ndim in (4, 5):
-            return int(value.shape[1])
-    raise PseudolabelError("no convolution weights found in the checkpoint")
-
-
-def check_box_model(checkpoint: dict, trainer_class: type, num_image_channels: int, checkpoint_path: str) -> None:
-    """Refuse a model trained without the box channel (by its trainer class and its first convolution)."""
-    trainer_name = checkpoint.get("trainer_name", "?")
-    in_channels = first_conv_in_channels(checkpoint["network_weights"])
-    if not getattr(trainer_class, "uses_box_channel", False) or in_channels != num_image_channels + 1:
-        config = checkpoint.get("init_args", {}).get("configuration", "3d_fullres")
-        raise PseudolabelError(
-            f"{checkpoint_path} was trained by {trainer_name} with {in_channels} input channel(s) for "
-            f"{num_image_channels} image channel(s): it has no tumour box channel, so boxes cannot guide it. Train a "
-            f"box-guided model first: nnUNetv2_train DATASET {config} FOLD -tr nnUNetTrainerBBoxChannel"
-        )
-
-
-def load_predictor(folder: str, fold: str, checkpoint_name: str, device: torch.device, use_mirroring: bool,
-                   step_size: float):
-    """nnU-Net's predictor for a trained box-channel model and the model's trainer class, after checking
-    that it really has the box channel and reads images with SimpleITK."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    fold = fold if fold == "all" else int(fold)
-    checkpoint_path = os.path.join(folder, f"fold_{fold}", checkpoint_name)
-    if not os.path.isfile(checkpoint_path):
-        raise PseudolabelError(f"{checkpoint_path} does not exist. Train the box-guided model first, e.g. "
-                               f"nnUNetv2_train DATASET CONFIGURATION {fold} -tr nnUNetTrainerBBoxChannel")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    ensure_trainers_findable()
-    trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
-    num_image_channels = len(load_json(os.path.join(folder, "dataset.json"))["channel_names"])
-    check_box_model(checkpoint, trainer_class, num_image_channels, checkpoint_path)
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(folder, (fold,), checkpoint_name)
-    if predictor.plans_manager.image_reader_writer_class is not SimpleITKIO:
-        raise PseudolabelError(
-            f"the plans read images with {predictor.plans_manager.image_reader_writer_class.__name__}; box coordinates "
-            f"are voxel indices of SimpleITK arrays, so only SimpleITKIO plans are supported")
-    return predictor, trainer_class
-
-
-class BoxModel(NamedTuple):
-    """Where a trained box-guided model is: its dataset's name, its results folder and its dataset.json."""
-
-    dataset_name: str
-    folder: str
-    dataset_json: dict
-
-
-def find_model(settings: PseudolabelSettings) -> BoxModel:
-    """The trained box-guided model that ``settings`` names (checked to exist)."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
-    name = dataset_name(settings.dataset)
-    folder = model_folder(name, settings.trainer, settings.plans, settings.configuration)
-    if not os.path.isfile(os.path.join(folder, "dataset.json")):
-        raise PseudolabelError(f"{folder} holds no trained model. Train it first: nnUNetv2_train {settings.dataset} "
-                               f"{settings.configuration} {settings.fold} -tr {settings.trainer} -p {settings.plans}")
-    return BoxModel(name, folder, load_json(os.path.join(folder, "dataset.json")))
-
-
-def _device(name: str | None) -> torch.device:
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(multiprocessing.cpu_count())
-    return device
-
+from nnunetv2_tumorsynth.nnunet import organ_and_tumour_labels
 
 # ---------------------------------------------------------------------------------------------------
 # Cases
@@ -417,7 +262,7 @@ def _pseudolabel_into(out: str, staged: bool, settings: PseudolabelSettings, mod
     todo, missing = cases_with_images(cases, log)
     missing_ids = {c.case_id for c, _ in missing}
 
-    device = _device(settings.device)
+    device = pick_device(settings.device)
     predictor, trainer_class = load_predictor(folder, settings.fold, settings.checkpoint, device,
                                               settings.use_mirroring, settings.step_size)
     organ, tumour = organ_and_tumour_labels(model.dataset_json, settings.organ_label or trainer_class.organ_label,

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-from nnunetv2_tumorsynth.generate.generator import GenerateError, GenerateSettings, generate_dataset
+from nnunetv2_tumorsynth.generate.generator import generate_dataset
+from nnunetv2_tumorsynth.generate.settings import DEVICES, GenerateError, GenerateSettings
+from nnunetv2_tumorsynth.synthesis.shape import DEFORMATIONS, SIZES
+from nnunetv2_tumorsynth.synthesis.synthesise import SAMPLERS
+from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,20 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None,
                         help="name of the new dataset after the id (default <source name>Synth, or "
                              "<source name>Replaced with --replace-real)")
-    parser.add_argument("--texture", choices=("ddpm", "heuristic"), default="ddpm",
+    parser.add_argument("--texture", choices=TEXTURES, default="ddpm",
                         help="ddpm: the diffusion model of tumorsynth_pretrain_ddpm (default); heuristic: Hu et al. "
                              "2023's hand-made texture, no model needed")
-    parser.add_argument("--polarity", choices=("darker", "brighter", "either"), default="either",
+    parser.add_argument("--polarity", choices=list(POLARITIES), default="either",
                         help="heuristic texture: tumours darker or brighter than the organ at random (default), "
                              "darker (Hu et al. 2023; portal venous and delayed phases) or brighter (arterial phase)")
     parser.add_argument("--steps", type=int, default=250, help="diffusion sampling steps (default 250, the paper's)")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim")
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint (default: the one tumorsynth_pretrain_ddpm wrote for this dataset, "
                              "plans, configuration and fold)")
-    parser.add_argument("--deformation", choices=("simplex", "elastic", "none"), default="simplex",
+    parser.add_argument("--deformation", choices=[d or "none" for d in DEFORMATIONS], default="simplex",
                         help="mask deformation (default simplex)")
-    parser.add_argument("--size", choices=("paper", "tiny", "small", "medium", "large", "mix"), default="paper",
+    parser.add_argument("--size", choices=SIZES, default="paper",
                         help="tumour size preset (default paper: semi-axes N(27, 4.5) mm)")
     parser.add_argument("--include-real", action="store_true", help="also copy the fold's real training cases")
     parser.add_argument("--replace-real", action="store_true",
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--organ-label", default=None, help="organ label name or value (default from dataset.json)")
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value (default from dataset.json)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses numpy.random.default_rng([seed, i])")
-    parser.add_argument("-device", choices=("cuda", "cpu"), default="cuda", help="default cuda")
+    parser.add_argument("-device", choices=DEVICES, default="cuda", help="default cuda")
     parser.add_argument("--batch-size", type=int, default=4, help="diffusion crops per network evaluation")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset with this id, and restart an unfinished generation that "
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = GenerateSettings(
         dataset=args.d, as_dataset=args.as_dataset, configuration=args.c, fold=args.f, plans=args.p,
-        num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity, steps=args.steps,
-        sampler=args.sampler, checkpoint=args.checkpoint,
+        num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity, ddpm_steps=args.steps,
+        ddpm_sampler=args.sampler, checkpoint=args.checkpoint,
         deformation=None if args.deformation == "none" else args.deformation,
         size=args.size, include_real=args.include_real, replace_real=args.replace_real, margin_mm=args.margin_mm,
         avoid_vessels=args.avoid_vessels, organ_label=args.organ_label, tumour_label=args.tumour_label,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from nnunetv2_tumorsynth.inspection.preview import PreviewInputError, preview
+from nnunetv2_tumorsynth.inspection.items import PreviewInputError
+from nnunetv2_tumorsynth.inspection.preview import preview
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        pages = preview(args.i, args.o, args.per_page, args.source, args.d, args.c, args.p, args.cases, args.max,
-                        args.fov_mm, args.overwrite, not args.no_progress)
+        pages = preview(args.i, args.o, per_page=args.per_page, source=args.source, dataset=args.d,
+                        configuration=args.c, plans_identifier=args.p, cases=args.cases, max_tumours=args.max,
+                        fov_mm=args.fov_mm, overwrite=args.overwrite, progress=not args.no_progress)
     except (PreviewInputError, FileExistsError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"tumorsynth_preview: error: {e}\n")
     print(f"wrote {len(pages)} PNG page(s) to {args.o}")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_tumorsynth.boxes import PAPER_PHASES, AnnotationError
-from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelError, PseudolabelSettings, pseudolabel_folder
+from nnunetv2_tumorsynth.boxes.pseudolabel import pseudolabel_folder
+from nnunetv2_tumorsynth.boxes.pseudolabel_settings import PseudolabelError, PseudolabelSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from nnunetv2_tumorsynth.inspection.preview import PreviewInputError
+from nnunetv2_tumorsynth.inspection.items import PreviewInputError
 from nnunetv2_tumorsynth.inspection.realism import realism
 
 
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        report = realism(args.synthetic, args.o, args.real, args.source, args.shell_mm, args.d, args.c, args.p,
-                         args.organ_label, args.tumour_label, args.overwrite, not args.no_progress)
+        report = realism(args.synthetic, args.o, real=args.real, source=args.source, shell_mm=args.shell_mm,
+                         dataset=args.d, configuration=args.c, plans_identifier=args.p, organ_label=args.organ_label,
+                         tumour_label=args.tumour_label, overwrite=args.overwrite, progress=not args.no_progress)
     except (PreviewInputError, FileExistsError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"tumorsynth_realism: error: {e}\n")
     with open(os.path.join(args.o, "realism.md")) as f:

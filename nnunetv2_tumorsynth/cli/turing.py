@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from nnunetv2_tumorsynth.inspection.preview import PreviewInputError
-from nnunetv2_tumorsynth.inspection.turing import TuringError, export_from_replace_real, score_and_report
+from nnunetv2_tumorsynth.inspection.items import PreviewInputError
+from nnunetv2_tumorsynth.inspection.turing import TuringError, export_from_replace_real
+from nnunetv2_tumorsynth.inspection.turing_scores import score_and_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args.command == "export":
-            key = export_from_replace_real(args.real, args.replaced, args.o, args.key_dir, args.k, args.seed,
-                                           args.crop_margin_mm, args.crop_labels, args.pairing, args.overwrite)
+            key = export_from_replace_real(args.real, args.replaced, args.o, args.key_dir, k=args.k, seed=args.seed,
+                                           crop_margin_mm=args.crop_margin_mm, crop_labels=args.crop_labels,
+                                           pairing=args.pairing, overwrite=args.overwrite)
             print(f"wrote {len(key['items'])} volumes ({key['k']} real, {key['k']} synthetic) to "
                   f"{os.path.join(args.o, 'volumes')}, the reader sheet {os.path.join(args.o, 'reader_sheet.csv')} "
                   f"and the key {os.path.join(args.key_dir, 'turing_key.json')} (seed {key['seed']})")

@@ -8,7 +8,7 @@ A checkpoint is one ``torch.save`` file holding a dict::
 The metadata (a plain JSON-like dict, see ``make_metadata``) records the network (preset, mask_channel, MONAI
 arguments), the noise schedule, the training crop size in voxels and mm, the voxel spacing (mm) and axis
 order, the source datasets and their intensity normalisation, and the training state (epoch, best val loss).
-Files are written atomically (temporary file in the same folder, then ``os.replace``) and read with
+Files are written atomically (``files.atomic_path``) and read with
 ``torch.load(weights_only=True)``, so ``extra_state`` must hold only tensors and plain Python containers.
 """
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import tempfile
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nnunetv2_tumorsynth.files import atomic_path
 
 from .network import MaskedDiffusionUNet
 from .schedule import NoiseSchedule
@@ -143,17 +145,10 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra_state": extra_state,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    with atomic_path(str(path)) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -162,7 +157,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DDPM checkpoint not found: {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"DDPM checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it is truncated "
+                         f"or corrupt: train it again (tumorsynth_pretrain_ddpm) or restore it") from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a nnunetv2_tumorsynth DDPM checkpoint")
     if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:

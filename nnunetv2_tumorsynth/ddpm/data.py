@@ -35,18 +35,7 @@ from typing import Any
 
 import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from scipy import ndimage
-
-from nnunetv2_tumorsynth.nnunet import (
-    configuration_data_folder,
-    dataset_name,
-    fold_split,
-    load_dataset_json,
-    load_plans,
-    organ_and_tumour_labels,
-)
 
 # Quinton et al. 2026, section 2.3: 128 x 96 x 64 voxels (x, y, z) at 1.5 x 1.5 x 3.0 mm, i.e. 192 x 144 x 192 mm.
 # Written here in the original image's (z, y, x) array order, as SimpleITK reads it.
@@ -84,7 +73,7 @@ def paper_crop_size(spacing: Sequence[float], transpose_forward: Sequence[int], 
 
 
 @dataclass
-class Source:
+class TrainingFold:
     """One dataset's fold as training data: where the preprocessed cases are and how they were made."""
 
     name: str  # "Dataset501_ATLAS"
@@ -117,65 +106,46 @@ def open_source(
     channel: int = 0,
     organ_label: str | int | None = None,
     tumour_label: str | int | None = None,
-) -> Source:
+) -> TrainingFold:
     """Locate one dataset's preprocessed data and the training cases of ``fold`` (nnU-Net's split).
 
     Raises FileNotFoundError with the nnU-Net command to run when the preprocessed data is missing.
     """
-    from nnunetv2_tumorsynth.nnunet import preprocessed_spacing_mm
+    from nnunetv2_tumorsynth.nnunet import PreprocessedDataset
 
-    try:
-        name = str(dataset_name(dataset))  # nnU-Net's lookup returns a numpy string
-    except RuntimeError as e:  # nnU-Net's "Could not find a dataset with the ID ..."
-        raise FileNotFoundError(str(e)) from e
-    plans = load_plans(name, plans_identifier)
-    dataset_json = load_dataset_json(name)
-    folder = configuration_data_folder(name, plans, configuration)
-    plans_manager = PlansManager(plans)
-    config = plans_manager.get_configuration(configuration)
-    n_channels = len(config.normalization_schemes)
-    if not 0 <= channel < n_channels:
-        raise ValueError(f"{name} has {n_channels} input channel(s); channel {channel} does not exist")
-    _, tumour = organ_and_tumour_labels(dataset_json, organ_label, tumour_label)
-    scheme = config.normalization_schemes[channel]
-    normalisation: dict[str, Any] = {"scheme": scheme}
-    if scheme == "CTNormalization":  # fixed clipping and statistics: part of what the intensities mean
-        props = plans["foreground_intensity_properties_per_channel"][str(channel)]
-        for key in ("mean", "std", "percentile_00_5", "percentile_99_5"):
-            normalisation[key] = float(props[key])
-    identifiers = sorted(infer_dataset_class(folder).get_identifiers(folder))
+    dataset = PreprocessedDataset.open(dataset, plans_identifier, configuration, organ_label, tumour_label)
+    if not 0 <= channel < len(dataset.configuration_manager.normalization_schemes):
+        raise ValueError(f"{dataset.name} has {len(dataset.configuration_manager.normalization_schemes)} input "
+                         f"channel(s); channel {channel} does not exist")
+    identifiers = dataset.identifiers()
     if not identifiers:
-        raise FileNotFoundError(
-            f"{folder} holds no preprocessed cases. Run: nnUNetv2_plan_and_preprocess -d {name} -c {configuration}"
-        )
-    train, val = fold_split(name, identifiers, fold)
-    train, val = [str(c) for c in train], [str(c) for c in val]  # plain str (the split may hold numpy strings)
+        raise FileNotFoundError(f"{dataset.data_folder} holds no preprocessed cases. Run: nnUNetv2_plan_and_preprocess "
+                                f"-d {dataset.name} -c {configuration}")
+    train, val = dataset.fold_cases(fold)
     missing = sorted(set(train) - set(identifiers))
     if missing:
         raise FileNotFoundError(
-            f"training cases {missing[:5]} of fold {fold} (splits_final.json) are not in {folder}. "
-            f"Re-run: nnUNetv2_preprocess -d {name} -c {configuration} -plans_name {plans_identifier}"
+            f"training cases {missing[:5]} of fold {fold} (splits_final.json) are not in {dataset.data_folder}. "
+            f"Re-run: nnUNetv2_preprocess -d {dataset.name} -c {configuration} -plans_name {plans_identifier}"
         )
-    train = sorted(train)
-    reader = infer_dataset_class(folder)(folder, list(train))
-    return Source(
-        name=name,
+    return TrainingFold(
+        name=dataset.name,
         plans_identifier=plans_identifier,
         configuration=configuration,
         fold=fold,
-        data_folder=folder,
-        spacing=preprocessed_spacing_mm(name, plans, config.spacing),  # 2d: 3D volumes, z the median slice spacing
-        transpose_forward=tuple(int(a) for a in plans_manager.transpose_forward),
-        normalisation=normalisation,
-        tumour_label=int(tumour),
+        data_folder=dataset.data_folder,
+        spacing=dataset.spacing,  # 2d: 3D volumes, z the median slice spacing
+        transpose_forward=dataset.transpose_forward,
+        normalisation=dataset.normalisation(channel),
+        tumour_label=int(dataset.tumour_label),
         channel=channel,
         training_cases=train,
-        validation_cases=sorted(val),
-        reader=reader,
+        validation_cases=val,
+        reader=dataset.reader(train),
     )
 
 
-def check_poolable(sources: Sequence[Source]) -> None:
+def check_poolable(sources: Sequence[TrainingFold]) -> None:
     """Raise ValueError if the sources differ in voxel spacing, axis order or normalisation.
 
     The diffusion model learns texture at one spacing and one intensity scale; pooled datasets must have
@@ -228,7 +198,7 @@ class TumourComponent:
         return any(e > c for e, c in zip(self.extent, crop_size, strict=True))
 
 
-def find_components(sources: Sequence[Source]) -> list[TumourComponent]:
+def find_components(sources: Sequence[TrainingFold]) -> list[TumourComponent]:
     """Every connected tumour component of every source's training cases, in a fixed order.
 
     Voxels outside nnU-Net's nonzero crop are labelled -1 in preprocessed segmentations; they count as
@@ -369,7 +339,7 @@ class TumourCrops:
 
     def __init__(
         self,
-        sources: Sequence[Source],
+        sources: Sequence[TrainingFold],
         components: Sequence[TumourComponent],
         crop_size: Sequence[int],
         augment: bool,

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from nnunetv2_tumorsynth.geometry import box_slices
+
 #: Metric names in the order of every table: Dice, surface Dice (NSD) at the tolerance, precision, recall,
 #: Hausdorff distance and its 95th percentile (both in mm).
 METRICS: tuple[str, ...] = ("dice", "nsd", "precision", "recall", "hd", "hd95")
@@ -80,18 +82,8 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 
 def joint_bounding_box(a: np.ndarray, b: np.ndarray, margin: int = CROP_MARGIN_VOXELS) -> tuple[slice, ...] | None:
-    """Slices of the bounding box of ``a | b`` grown by ``margin`` voxels on each side (clipped to the image).
-
-    None when both masks are empty. Computed axis by axis from projections, without building ``a | b``.
-    """
-    box = []
-    for axis in range(a.ndim):
-        others = tuple(i for i in range(a.ndim) if i != axis)
-        present = np.flatnonzero(np.any(a, axis=others) | np.any(b, axis=others))
-        if present.size == 0:
-            return None
-        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, a.shape[axis])))
-    return tuple(box)
+    """Slices of the bounding box of ``a | b`` grown by ``margin`` voxels on each side (clipped); None when empty."""
+    return box_slices(a, b, margin=margin)
 
 
 def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:

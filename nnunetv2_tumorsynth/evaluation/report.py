@@ -16,6 +16,7 @@ import numpy as np
 
 from nnunetv2_tumorsynth.evaluation.lesions import size_bin_names
 from nnunetv2_tumorsynth.evaluation.metrics import METRICS
+from nnunetv2_tumorsynth.figures import save_figure
 from nnunetv2_tumorsynth.files import atomic_path, write_json_atomic
 
 #: Column titles; fractions are shown in percent, distances in mm.
@@ -184,14 +185,6 @@ def write_csvs(summary: dict, output_folder: str) -> None:
             writer.writerows(rows)
 
 
-def _save(fig, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-
-
 def plot_boxplots(summary: dict, label: str, path: str) -> None:
     """One panel per metric, one box per folder (defined values only, each case shown as a dot)."""
     from matplotlib.figure import Figure
@@ -211,7 +204,7 @@ def plot_boxplots(summary: dict, label: str, path: str) -> None:
         ax.set_xticks(positions, names, rotation=20, fontsize=8)
         ax.set_title(TITLES[metric].format(tol=tol))
     fig.suptitle(f"Label {label} ({summary['settings']['labels'][label]}): per-case metrics")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_sensitivity_by_size(summary: dict, label: str, path: str) -> None:
@@ -233,7 +226,7 @@ def plot_sensitivity_by_size(summary: dict, label: str, path: str) -> None:
     ax.set_xlabel("Equivalent-sphere radius")
     ax.legend(fontsize=8)
     ax.set_title(f"Label {label} ({summary['settings']['labels'][label]}): detection by size")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_dice_differences(summary: dict, comparison: dict, label: str, path: str) -> None:
@@ -255,7 +248,7 @@ def plot_dice_differences(summary: dict, comparison: dict, label: str, path: str
                  f"p = {_p(test['t_p_value'])}, Wilcoxon p = {_p(test['wilcoxon_p_value'])}", fontsize=9)
     if values:
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(summary: dict, output_folder: str) -> list[str]:

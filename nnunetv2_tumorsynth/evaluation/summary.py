@@ -6,8 +6,6 @@ returns: plain JSON types, undefined values as None (never NaN or inf).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from nnunetv2_tumorsynth.evaluation.lesions import LESION_MATCHING, size_bin_names
@@ -19,6 +17,7 @@ from nnunetv2_tumorsynth.evaluation.metrics import (
     NSD_DEFINITION,
 )
 from nnunetv2_tumorsynth.evaluation.statistics import paired_tests
+from nnunetv2_tumorsynth.files import json_safe
 
 FLAGS = ("both_empty", "reference_empty", "prediction_empty")
 STATISTICS = (
@@ -40,21 +39,6 @@ def conventions(settings: dict) -> dict[str, str]:
             "spacing": "Each case uses its reference image's spacing from the image header (anisotropic); both "
                        "masks are cropped to their joint bounding box plus "
                        f"{settings['crop_margin_voxels']} voxels before any distance computation."}
-
-
-def json_safe(obj):
-    """Copy of ``obj`` with numpy scalars made Python numbers and NaN / inf made None."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _defined(values: list) -> np.ndarray:

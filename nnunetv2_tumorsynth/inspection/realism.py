@@ -1,33 +1,8 @@
 """Realism statistics: synthetic tumours compared with the real tumours of the same dataset, feature by feature.
 
-No reader is needed: each tumour (a connected component, 26-connectivity, of the tumour mask) is reduced to
-a few numbers, the real and the synthetic distributions of each number are drawn side by side as histograms,
-and a two-sample Kolmogorov-Smirnov statistic (``scipy.stats.ks_2samp``) says how far apart they are
-(0: the same empirical distribution, 1: no overlap). The features (see :data:`FEATURES`):
-
-- ``volume_ml``: voxel count x voxel volume / 1000.
-- ``contrast_sd``: (tumour mean - organ mean) / organ SD. The organ is the organ label minus every tumour of
-  the image (optionally only the shell of organ within ``shell_mm`` of this tumour); SDs are population SDs.
-  Signed: negative for tumours darker than the organ.
-- ``heterogeneity_sd``: SD of the intensities inside the tumour / organ SD (not a coefficient of variation:
-  MR intensities have no physical zero, so a ratio to the tumour mean would not mean anything).
-- ``boundary_gradient``: mean intensity-gradient magnitude (central differences in mm, ``numpy.gradient``
-  with the spacing) over the voxels on both sides of the tumour border: tumour voxels with a non-tumour
-  6-neighbour and non-tumour voxels with a tumour 6-neighbour, keeping only voxels whose 6-neighbours all
-  lie in the organ or in tumours (so the organ's own edge against the background does not count).
-  Intensity units per mm.
-- ``boundary_gradient_sd``: the same in organ SDs per mm (comparable across intensity scales).
-- ``sphericity``: pi^(1/3) (6 V)^(2/3) / A (1 for a sphere). With scikit-image (installed with nnU-Net) the
-  surface is ``skimage.measure.marching_cubes`` at level 0.5 of the mask smoothed by a Gaussian of one voxel
-  (sigma per axis in voxels, which removes the voxel staircase) and V is the volume that mesh encloses:
-  spheres read 0.98-1.00, a 2:1 prolate spheroid 0.92 (exact 0.93); sharp corners are rounded, so a cube
-  reads about 0.92 instead of 0.81. Without scikit-image A is the count of voxel faces between tumour and
-  non-tumour (times the face areas in mm^2) and V the voxel volume; that surface overestimates a smooth one
-  by about 1.5x, so a sphere reads about 0.66: compare only values measured the same way (``sphericity_method``
-  in the report says which was used).
-
-Arrays are (z, y, x) as SimpleITK returns them (or nnU-Net's preprocessed axis order for a bank); spacing in
-mm in the same order.
+No reader is needed: each tumour is reduced to a few numbers (:mod:`.features`), the real and the synthetic
+distributions of each number are drawn side by side as histograms, and a two-sample Kolmogorov-Smirnov statistic
+(``scipy.stats.ks_2samp``) says how far apart they are (0: the same empirical distribution, 1: no overlap).
 """
 
 from __future__ import annotations
@@ -39,171 +14,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import stats
 
-from nnunetv2_tumorsynth.files import atomic_path, write_json_atomic
-
-FEATURES: dict[str, str] = {
-    "volume_ml": "volume (ml)",
-    "contrast_sd": "contrast to the organ (organ SDs)",
-    "heterogeneity_sd": "SD inside the tumour (organ SDs)",
-    "boundary_gradient": "border gradient (intensity units / mm)",
-    "boundary_gradient_sd": "border gradient (organ SDs / mm)",
-    "sphericity": "sphericity",
-}
-
-# the features that describe texture and intensity (not shape): what a --replace-real comparison is about
-TEXTURE_FEATURES = ("contrast_sd", "heterogeneity_sd", "boundary_gradient", "boundary_gradient_sd")
-
-FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
-SIX_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
-
-
-def _marching_cubes():
-    """``(marching_cubes, mesh_surface_area)`` from scikit-image, or None when it is not installed."""
-    try:
-        from skimage.measure import marching_cubes, mesh_surface_area
-    except ImportError:
-        return None
-    return marching_cubes, mesh_surface_area
-
-
-def sphericity_method() -> str:
-    """Which surface the sphericity uses here: "marching_cubes" (scikit-image) or "voxel_faces"."""
-    return "marching_cubes" if _marching_cubes() is not None else "voxel_faces"
-
-
-def voxel_face_area_mm2(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Area (mm^2) of the voxel faces between ``mask`` and the rest (including the array's border)."""
-    padded = np.pad(mask.astype(np.int8), 1)
-    area = 0.0
-    voxel_volume = float(np.prod(spacing))
-    for axis in range(3):
-        faces = int(np.count_nonzero(np.diff(padded, axis=axis)))
-        area += faces * voxel_volume / float(spacing[axis])
-    return area
-
-
-def surface_and_volume(mask: np.ndarray, spacing: Sequence[float], method: str | None = None) -> tuple[float, float]:
-    """(surface area in mm^2, enclosed volume in mm^3) of a 3D mask; see the module docstring for the methods."""
-    method = method or sphericity_method()
-    spacing = tuple(float(s) for s in spacing)
-    if method == "voxel_faces":
-        return voxel_face_area_mm2(mask, spacing), float(mask.sum()) * float(np.prod(spacing))
-    if method != "marching_cubes":
-        raise ValueError(f"unknown surface method {method!r}; choose 'marching_cubes' or 'voxel_faces'")
-    functions = _marching_cubes()
-    if functions is None:
-        raise ImportError("sphericity with method 'marching_cubes' needs scikit-image (pip install scikit-image)")
-    marching_cubes, mesh_surface_area = functions
-    padded = np.pad(mask.astype(np.float32), 3)
-    smooth = ndimage.gaussian_filter(padded, 1.0)
-    field = smooth if smooth.max() > 0.5 else padded  # a tumour of a voxel or two vanishes when smoothed
-    vertices, faces, _, _ = marching_cubes(field, 0.5, spacing=spacing)
-    area = float(mesh_surface_area(vertices, faces))
-    triangles = vertices[faces]
-    volume = abs(float(np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2])).sum()) / 6)
-    return area, volume
-
-
-def sphericity(mask: np.ndarray, spacing: Sequence[float], method: str | None = None) -> float:
-    """pi^(1/3) (6 V)^(2/3) / A of a 3D mask (1 for a sphere); NaN for an empty mask."""
-    if not mask.any():
-        return math.nan
-    area, volume = surface_and_volume(mask, spacing, method)
-    return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area) if area > 0 else math.nan
-
-
-def boundary_band(tumour: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Voxels on both sides of the tumour border whose 6-neighbours all lie in ``allowed`` (see module doc)."""
-    inner = tumour & ~ndimage.binary_erosion(tumour, SIX_CONNECTIVITY, border_value=0)
-    outer = ndimage.binary_dilation(tumour, SIX_CONNECTIVITY) & ~tumour
-    return (inner | outer) & ndimage.binary_erosion(allowed, SIX_CONNECTIVITY, border_value=0)
-
-
-def boundary_gradient(image: np.ndarray, tumour: np.ndarray, allowed: np.ndarray, spacing: Sequence[float]) -> float:
-    """Mean gradient magnitude (intensity units per mm) over :func:`boundary_band`; NaN when the band is empty."""
-    band = boundary_band(tumour, allowed | tumour)
-    if not band.any():
-        return math.nan
-    gradients = np.gradient(image.astype(np.float64), *[float(s) for s in spacing])
-    magnitude = np.sqrt(sum(g**2 for g in gradients))
-    return float(magnitude[band].mean())
-
-
-def _crop_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    where = np.argwhere(mask)
-    lo = np.maximum(where.min(0) - np.asarray(margin), 0)
-    hi = np.minimum(where.max(0) + 1 + np.asarray(margin), mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def tumour_features(image: np.ndarray, tumour: np.ndarray, organ: np.ndarray, spacing: Sequence[float],
-                    other_tumours: np.ndarray | None = None, shell_mm: float | None = None,
-                    organ_stats: tuple[float, float] | None = None, method: str | None = None) -> dict[str, float]:
-    """The features of :data:`FEATURES` for one tumour.
-
-    image: intensities (z, y, x). tumour: this tumour's voxels (bool, same shape). organ: the organ's voxels
-    without tumours (bool). other_tumours: the image's other tumour voxels (kept out of the organ reference).
-    spacing: mm per voxel, same axis order. shell_mm: organ reference = organ voxels within this distance of
-    the tumour (None: the whole organ). organ_stats: precomputed (mean, SD) of the whole-organ reference (only
-    used when ``shell_mm`` is None; saves recomputing it for each tumour of an image).
-    """
-    spacing = tuple(float(s) for s in spacing)
-    tumour = tumour.astype(bool)
-    all_tumours = tumour if other_tumours is None else (tumour | other_tumours.astype(bool))
-    reference_organ = organ.astype(bool) & ~all_tumours
-    margin_mm = max(shell_mm or 0.0, 3 * max(spacing))
-    box = _crop_box(tumour, [int(math.ceil(margin_mm / s)) + 2 for s in spacing])
-    t, img, org, every = tumour[box], image[box].astype(np.float64), reference_organ[box], all_tumours[box]
-
-    if shell_mm is not None:
-        distance = ndimage.distance_transform_edt(~t, sampling=spacing)
-        values = img[org & (distance <= shell_mm)]
-        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
-    elif organ_stats is not None:
-        mean, sd = organ_stats
-    else:
-        values = image[reference_organ]
-        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
-    inside = img[t]
-    sd_ok = sd > 0 and not math.isnan(sd)
-    gradient = boundary_gradient(img, t, org | every, spacing)
-    return {
-        "volume_ml": float(t.sum() * np.prod(spacing) / 1000.0),
-        "contrast_sd": (float(inside.mean()) - mean) / sd if sd_ok else math.nan,
-        "heterogeneity_sd": float(inside.std()) / sd if sd_ok else math.nan,
-        "boundary_gradient": gradient,
-        "boundary_gradient_sd": gradient / sd if sd_ok else math.nan,
-        "sphericity": sphericity(t, spacing, method),
-        "organ_mean": mean,
-        "organ_sd": sd,
-    }
-
-
-def tumour_components(tumours: np.ndarray) -> list[np.ndarray]:
-    """Connected components (26-connectivity) of a tumour mask, largest first, each a bool array."""
-    labelled, n = ndimage.label(tumours, structure=FULL_CONNECTIVITY)
-    if n == 0:
-        return []
-    sizes = np.bincount(labelled.ravel())[1:]
-    return [labelled == (i + 1) for i in np.argsort(-sizes, kind="stable")]
-
-
-def image_features(image: np.ndarray, label: np.ndarray, organ_label: int, tumour_label: int,
-                   spacing: Sequence[float], tumours: Iterable[np.ndarray] | None = None,
-                   shell_mm: float | None = None) -> list[dict[str, float]]:
-    """Features of each tumour of one image (components of ``label == tumour_label``, or the masks given)."""
-    every = label == tumour_label
-    organ = (label == organ_label) & ~every
-    values = image[organ].astype(np.float64)
-    organ_stats = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
-    masks = tumour_components(every) if tumours is None else list(tumours)
-    rows = []
-    for mask in masks:
-        rows.append(tumour_features(image, mask, organ, spacing, other_tumours=every & ~mask, shell_mm=shell_mm,
-                                    organ_stats=organ_stats))
-    return rows
+from nnunetv2_tumorsynth.figures import new_figure, save_figure
+from nnunetv2_tumorsynth.files import atomic_path, json_safe, write_json_atomic
+from nnunetv2_tumorsynth.inspection.features import (
+    FEATURES,
+    TEXTURE_FEATURES,
+    sphericity_method,
+    tumour_features,
+)
 
 
 @dataclass
@@ -258,15 +78,10 @@ def write_histograms(real: list[dict], synthetic: list[dict], png_path: str, tit
                      features: Sequence[str] = tuple(FEATURES), comparisons: list[FeatureComparison] | None = None,
                      labels: tuple[str, str] = ("real", "synthetic")) -> None:
     """One panel per feature: the real and synthetic histograms on shared bins, densities, KS in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_feature = {c.feature: c for c in (comparisons or compare(real, synthetic, features))}
     columns = 3
     rows = int(math.ceil(len(features) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    fig, axes = new_figure(rows, columns, figsize=(4.2 * columns, 3.2 * rows))
     for ax, feature in zip(axes.ravel(), features):
         a, b = _finite(real, feature), _finite(synthetic, feature)
         both = np.concatenate([a, b])
@@ -297,9 +112,7 @@ def write_histograms(real: list[dict], synthetic: list[dict], png_path: str, tit
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, png_path, dpi=90)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -373,19 +186,6 @@ def write_report(real: list[dict], synthetic: list[dict], out_folder: str, real_
     return report
 
 
-def json_safe(value):
-    """NaN -> None, tuples -> lists, numpy scalars -> Python (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 # ------------------------------------------------------------------------------------------------ datasets
 
 
@@ -417,7 +217,7 @@ def items_features(items: Iterable, shell_mm: float | None = None, progress: boo
     return rows
 
 
-def realism(synthetic: str, out_folder: str, real: str | None = None, source: str | None = None,
+def realism(synthetic: str, out_folder: str, *, real: str | None = None, source: str | None = None,
             shell_mm: float | None = None, dataset: str | None = None, configuration: str | None = None,
             plans_identifier: str | None = None, organ_label: str | int | None = None,
             tumour_label: str | int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
@@ -432,7 +232,7 @@ def realism(synthetic: str, out_folder: str, real: str | None = None, source: st
     around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into ``out_folder``
     (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
     """
-    from nnunetv2_tumorsynth.inspection import preview as readers
+    from nnunetv2_tumorsynth.inspection import items as readers
 
     if os.path.isfile(os.path.join(out_folder, "realism.json")) and not overwrite:
         raise FileExistsError(f"{os.path.join(out_folder, 'realism.json')} exists; pass --overwrite or choose another "
@@ -442,10 +242,11 @@ def realism(synthetic: str, out_folder: str, real: str | None = None, source: st
     notes = []
     if kind == "bank":
         bank = path if readers.is_bank(path) else os.path.join(path, "synthesis_bank")
-        context = readers.bank_context(bank, dataset, configuration, plans_identifier, organ_label, tumour_label)
-        synthetic_rows = items_features(readers.bank_items(bank, context), shell_mm, progress, "synthetic tumours")
-        real_rows = items_features(readers.preprocessed_real_items(context), shell_mm, progress, "real tumours")
-        real_name = f"{context.dataset} preprocessed ({context.configuration}, {context.plans_identifier})"
+        preprocessed = readers.bank_dataset(bank, dataset, configuration, plans_identifier, organ_label, tumour_label)
+        synthetic_rows = items_features(readers.bank_items(bank, preprocessed), shell_mm, progress,
+                                        "synthetic tumours")
+        real_rows = items_features(readers.preprocessed_real_items(preprocessed), shell_mm, progress, "real tumours")
+        real_name = f"{preprocessed.name} preprocessed ({preprocessed.configuration}, {preprocessed.plans_identifier})"
         synthetic_name = f"bank {bank}"
         notes.append("intensities are nnU-Net's normalised ones (bank entries live in the preprocessed space)")
     elif kind == "generated":

@@ -7,6 +7,7 @@ formats are known.
 from nnunetv2_tumorsynth.nnunet.dataset import (
     ORGAN_NAMES,
     TUMOUR_NAMES,
+    PreprocessedDataset,
     case_slice_spacings_mm,
     configuration_data_folder,
     dataset_name,
@@ -28,7 +29,7 @@ from nnunetv2_tumorsynth.nnunet.trainers import (
     trainers_path,
 )
 
-__all__ = ["DDPM_CHECKPOINT_ENV", "ORGAN_NAMES", "TINY_PLANS", "TUMOUR_NAMES", "ShortSchedule",
+__all__ = ["DDPM_CHECKPOINT_ENV", "ORGAN_NAMES", "PreprocessedDataset", "TINY_PLANS", "TUMOUR_NAMES", "ShortSchedule",
            "case_slice_spacings_mm", "configuration_data_folder", "dataset_name", "ddpm_output_folder",
            "ensure_trainers_findable", "find_ddpm_checkpoint", "fold_split", "load_dataset_json", "load_plans",
            "make_tiny_plans", "organ_and_tumour_labels", "preprocessed_folder", "preprocessed_spacing_mm",

@@ -157,7 +157,8 @@ def organ_and_tumour_labels(
             return found[0]
         raise ValueError(
             f"Cannot tell which label is the {role} from dataset.json labels {labels}. "
-            f"Choose it explicitly (--{role}-label NAME_OR_VALUE, or the '{role}_label' setting of the trainer)."
+            f"Choose it explicitly: --{role}-label NAME_OR_VALUE for the tumorsynth_* commands, or for the trainers "
+            f'"{role}_label" in the JSON file named by $TUMORSYNTH_SETTINGS.'
         )
 
     organ_value = resolve(organ, ORGAN_NAMES, "organ")
@@ -165,3 +166,102 @@ def organ_and_tumour_labels(
     if organ_value == tumour_value:
         raise ValueError(f"organ and tumour resolve to the same label {organ_value}; labels are {labels}")
     return organ_value, tumour_value
+
+
+class PreprocessedDataset:
+    """One dataset's preprocessed cases for one plans and configuration: the one reader of nnU-Net's layout.
+
+    name -> plans -> configuration -> data folder -> labels -> spacing. ``spacing`` (mm, preprocessed axis order
+    z, y, x) has three values for every configuration, by one rule (``preprocessed_spacing_mm``: a 2d
+    configuration's cases are 3D volumes with the dataset's median slice spacing along z). Organ and tumour
+    labels are resolved from dataset.json (or given); None where the dataset has no such label and
+    ``require_labels`` is False.
+    """
+
+    def __init__(self, name: str, plans: dict, configuration: str, dataset_json: dict,
+                 organ_label: str | int | None = None, tumour_label: str | int | None = None,
+                 require_labels: bool = True):
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        self.name, self.configuration, self.dataset_json = name, configuration, dataset_json
+        self.plans_manager = PlansManager(plans)
+        self.plans_identifier = self.plans_manager.plans_name
+        self.configuration_manager = self.plans_manager.get_configuration(configuration)
+        self.spacing = preprocessed_spacing_mm(name, plans, self.configuration_manager.spacing)
+        try:
+            self.organ_label, self.tumour_label = organ_and_tumour_labels(dataset_json, organ_label, tumour_label)
+        except ValueError:
+            if require_labels:
+                raise
+            self.organ_label = self.tumour_label = None
+        self._data_folder: str | None = None
+
+    @classmethod
+    def open(cls, dataset: str | int, plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
+             organ_label: str | int | None = None, tumour_label: str | int | None = None,
+             require_labels: bool = True) -> PreprocessedDataset:
+        """Open ``$nnUNet_preprocessed/<dataset>``; errors name the nnU-Net command to run."""
+        try:
+            name = dataset_name(dataset)
+        except RuntimeError as e:  # nnU-Net's "Could not find a dataset with the ID ..."
+            raise FileNotFoundError(f"dataset {dataset!r}: {e}".strip()) from e
+        plans = load_plans(name, plans_identifier)
+        if configuration not in plans["configurations"]:
+            raise KeyError(f"Configuration {configuration!r} is not in plans {plans_identifier!r} of {name}; "
+                           f"available: {sorted(plans['configurations'])}")
+        return cls(name, plans, configuration, load_dataset_json(name), organ_label, tumour_label, require_labels)
+
+    @property
+    def plans(self) -> dict:
+        return self.plans_manager.plans
+
+    @property
+    def data_folder(self) -> str:
+        """Folder of the configuration's preprocessed cases (checked to exist on first use)."""
+        if self._data_folder is None:
+            self._data_folder = configuration_data_folder(self.name, self.plans, self.configuration)
+        return self._data_folder
+
+    @property
+    def transpose_forward(self) -> tuple[int, ...]:
+        return tuple(int(a) for a in self.plans_manager.transpose_forward)
+
+    @property
+    def transpose_backward(self) -> tuple[int, ...]:
+        return tuple(int(a) for a in self.plans_manager.transpose_backward)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+    def normalisation(self, channel: int = 0) -> dict:
+        """``{"scheme": ...}`` of a channel (+ the fixed intensity statistics of CTNormalization)."""
+        scheme = self.configuration_manager.normalization_schemes[channel]
+        normalisation: dict = {"scheme": scheme}
+        if scheme == "CTNormalization":  # fixed clipping and statistics: part of what the intensities mean
+            props = self.plans["foreground_intensity_properties_per_channel"][str(channel)]
+            for key in ("mean", "std", "percentile_00_5", "percentile_99_5"):
+                normalisation[key] = float(props[key])
+        return normalisation
+
+    def identifiers(self) -> list[str]:
+        """Every preprocessed case, sorted."""
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        return sorted(str(c) for c in infer_dataset_class(self.data_folder).get_identifiers(self.data_folder))
+
+    def fold_cases(self, fold: int | str) -> tuple[list[str], list[str]]:
+        """(training, validation) cases of ``fold``, sorted, as ``nnUNetTrainer.do_split`` makes them."""
+        train, val = fold_split(self.name, self.identifiers(), fold)
+        return sorted(str(c) for c in train), sorted(str(c) for c in val)
+
+    def reader(self, cases: list[str]):
+        """nnU-Net's dataset object (``load_case``) over ``cases``."""
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        return infer_dataset_class(self.data_folder)(self.data_folder, list(cases))
+
+    def load_case(self, case: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(data (C, z, y, x) float32, seg (1, z, y, x), properties) of one case, read into memory."""
+        data, seg, _, properties = self.reader([case]).load_case(case)
+        return np.asarray(data[:], np.float32), np.asarray(seg[:]), properties

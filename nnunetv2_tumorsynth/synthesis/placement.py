@@ -28,8 +28,11 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import bounding_box, check_spacing
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm, random_tumour_mask
 
 RandomLike = np.random.Generator | int | None
+
+SMALLER_SIZES = ("medium", "small", "tiny")  # tried in turn when a tumour of the requested size does not fit
 
 # The screening grid has about this many cells at most (its distance transform then takes < 0.1 s).
 SCREENING_CELLS = 250_000
@@ -88,10 +91,10 @@ def place_tumour(
         raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
     rng = np.random.default_rng(rng)
 
-    organ_box = _bounding_box(organ)
+    organ_box = bounding_box(organ)
     if organ_box is None:
         return None
-    organ_lo, organ_hi = organ_box
+    organ_lo, organ_hi = (np.array(index) for index in organ_box)
     whole_inside = min_inside_fraction >= 1.0
     if whole_inside and np.any(np.array(tumour.shape) > organ_hi - organ_lo):
         return None  # the tumour's box is larger than the organ's box on some axis
@@ -126,6 +129,69 @@ def place_tumour(
     return None
 
 
+@dataclass(frozen=True)
+class PlacedTumour:
+    """A tumour placed in a case: its bool box (clipped to the organ and the array) and the box's first corner.
+
+    size: the size preset placed (smaller than requested after a fallback); requested_radius_mm: equivalent
+    radius (mm) of the first tumour drawn at the requested preset, a sample of the size distribution asked for.
+    """
+
+    corner: np.ndarray
+    mask: np.ndarray
+    size: str
+    requested_radius_mm: float
+
+
+def place_random_tumour(
+    organ: np.ndarray,
+    forbidden: np.ndarray,
+    spacing: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    size: str,
+    deformation: str | None,
+    min_inside_fraction: float,
+    margin_mm: float,
+    draws_per_size: int = 2,
+) -> PlacedTumour | None:
+    """Draw a tumour mask and place it in ``organ``; fall back to ``SMALLER_SIZES`` when it does not fit.
+
+    Tries ``draws_per_size`` draws of the requested preset, then of each smaller one; None when nothing fits.
+    A tumour may bulge out of the organ, or out of the array where the field of view cuts the organ, by up to
+    ``1 - min_inside_fraction`` of its voxels; that part is clipped away. Arrays share one axis order;
+    ``spacing`` is mm per axis.
+    """
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # imports torch: only when used
+
+    organ_box = bounding_box(organ)
+    if organ_box is None:
+        return None
+    organ_lo, organ_hi = (np.array(index) for index in organ_box)
+    requested_radius_mm = None
+    for preset in (size, *SMALLER_SIZES):
+        for _ in range(draws_per_size):
+            mask = random_tumour_mask(spacing, deformation, preset, rng=rng)
+            if requested_radius_mm is None:
+                requested_radius_mm = equivalent_radius_mm(mask, spacing)
+            # Place in the organ's box grown by one tumour box per side, padded beyond the array as outside the
+            # organ (forbidden voxels all lie in the organ's box), then keep the part of the box inside the case.
+            reach = np.array(mask.shape) if min_inside_fraction < 1.0 else np.zeros(3, int)
+            region = [[int(a), int(b)] for a, b in zip(organ_lo - reach, organ_hi + reach)]
+            corner = place_tumour(crop_and_pad_nd(organ, region, False), mask, crop_and_pad_nd(forbidden, region, False),
+                                  rng=rng, spacing=spacing, min_inside_fraction=min_inside_fraction,
+                                  margin_mm=margin_mm)
+            if corner is None:
+                continue
+            corner = np.array(corner) + organ_lo - reach  # voxel index in the case; may be < 0
+            mask = clip_to_organ(mask, organ, corner)
+            organ_part, box_part = _overlap(corner, mask.shape, organ.shape)
+            mask = mask[box_part]
+            if mask.any():
+                return PlacedTumour(np.array([s.start for s in organ_part]), mask, preset, requested_radius_mm)
+    return None
+
+
 def clip_to_organ(tumour_box: np.ndarray, organ: np.ndarray, corner: Sequence[int]) -> np.ndarray:
     """The tumour box with its voxels outside ``organ`` removed (same shape as ``tumour_box``).
 
@@ -137,73 +203,6 @@ def clip_to_organ(tumour_box: np.ndarray, organ: np.ndarray, corner: Sequence[in
     clipped = np.zeros_like(tumour_box)
     clipped[box_part] = tumour_box[box_part] & organ[organ_part]
     return clipped
-
-
-def vessel_mask_from_intensity(
-    image: np.ndarray,
-    organ: np.ndarray,
-    spacing: Sequence[float],
-    sigma_mm: float = 1.0,
-    offset_std: float = 3.0,
-    offset: float | None = None,
-    min_component_mm3: float = 20.0,
-) -> np.ndarray:
-    """Bright vessels inside ``organ`` by thresholding the smoothed image (Hu et al. 2023, eqs. 1-2).
-
-    v = organ & (G_sigma * image > T), T = mean of the image over the organ + b.
-
-    image: intensities in any unit (HU, z-scored, min-max normalised), same shape as ``organ``.
-    spacing: mm per array axis.
-    sigma_mm: Gaussian smoothing in mm (Hu et al. 2023, Table 1: sigma_a = 0.5 + 0.025 sigma_p voxels, about
-        1 voxel for CT with sigma_p of 20 HU; 1 mm here so that it does not depend on the intensity unit).
-    offset_std: b in units of the organ's robust intensity spread (1.4826 x median absolute deviation of
-        the smoothed image over the organ, which ignores the few bright vessel voxels). Hu et al. 2023 use
-        b = 15 HU, two to three times the spread of smoothed liver parenchyma; we take 3 spreads, which
-        the parenchyma's own texture exceeds in about 0.1 % of voxels (at 2 spreads, texture speckles
-        made 10 to 15 % of the detections in our test phantom). Unit-free, so it works on normalised
-        intensities.
-    offset: b in image units (e.g. 15 for HU), overriding ``offset_std``.
-    min_component_mm3: connected pieces (26-connectivity) smaller than this are dropped as noise.
-
-    Vessels are assumed brighter than the parenchyma (contrast-enhanced CT, post-contrast MR). Bright
-    tumours are marked too, which is harmless when the result is used as ``forbidden``.
-    Returns a bool array shaped like ``image``.
-    """
-    image = np.asarray(image)
-    organ = np.asarray(organ, dtype=bool)
-    spacing = check_spacing(spacing)
-    if image.shape != organ.shape:
-        raise ValueError(f"image has shape {image.shape}, organ has {organ.shape}")
-    vessels = np.zeros(organ.shape, dtype=bool)
-    organ_box = _bounding_box(organ)
-    if organ_box is None:
-        return vessels
-
-    # Smooth only the organ's box plus 4 sigma (the filter's reach), for speed.
-    pad = np.ceil(4.0 * sigma_mm / spacing).astype(int)
-    lo = np.maximum(organ_box[0] - pad, 0)
-    hi = np.minimum(organ_box[1] + pad, organ.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    smoothed = ndimage.gaussian_filter(image[box].astype(np.float32), sigma_mm / spacing)  # f' of eq. 1
-    inside = organ[box]
-
-    if offset is None:
-        values = smoothed[inside]
-        values = values[:: max(1, values.size // 1_000_000)]  # a strided sample of <= 2e6 voxels is plenty
-        spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
-        offset = offset_std * spread
-    threshold = float(image[box][inside].mean()) + offset  # eq. 2
-    found = inside & (smoothed > threshold)  # eq. 1
-
-    if min_component_mm3 > 0 and found.any():
-        labels, n = ndimage.label(found, structure=np.ones((3, 3, 3)))
-        voxel_mm3 = float(np.prod(spacing))
-        sizes_mm3 = np.bincount(labels.ravel(), minlength=n + 1) * voxel_mm3
-        keep = sizes_mm3 >= min_component_mm3
-        keep[0] = False
-        found = keep[labels]
-    vessels[box] = found
-    return vessels
 
 
 class _TumourGeometry:
@@ -300,12 +299,6 @@ def _fits(
         if np.any(forbidden[organ_part]) and np.any(forbidden[organ_part] & geometry.halo[halo_part]):
             return False
     return True
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``geometry.bounding_box`` as arrays (first, one past last index per axis), or None."""
-    box = bounding_box(mask)
-    return None if box is None else (np.array(box[0]), np.array(box[1]))
 
 
 def _overlap(

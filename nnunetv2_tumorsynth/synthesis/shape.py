@@ -58,7 +58,7 @@ import numpy as np
 from noise import snoise3
 from scipy import ndimage
 
-from nnunetv2_tumorsynth.geometry import check_spacing
+from nnunetv2_tumorsynth.geometry import box_slices, check_spacing
 
 RandomLike = np.random.Generator | int | None
 
@@ -95,6 +95,7 @@ SIZE_PRESETS: dict[str, SizePreset] = {
     "large": SizePreset(32.0, (5.0, 10.0)),
 }
 MIX_SIZES = ("tiny", "small", "medium", "large")
+SIZES = (*SIZE_PRESETS, "mix")  # every size a setting or a command accepts
 
 
 @dataclass(frozen=True)
@@ -291,10 +292,10 @@ def equivalent_radius_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
 
 def crop_to_bounding_box(mask: np.ndarray) -> np.ndarray:
     """The smallest box of ``mask`` holding all its True voxels (shape (0, 0, 0) if there are none)."""
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes or boxes[0] is None:
+    box = box_slices(mask)
+    if box is None:
         return np.zeros((0,) * mask.ndim, dtype=bool)
-    return np.ascontiguousarray(mask[boxes[0]])
+    return np.ascontiguousarray(mask[box])
 
 
 def _simplex_displacement(coords_mm: list[np.ndarray], shape: TumourShape, exact: bool) -> list[np.ndarray]:

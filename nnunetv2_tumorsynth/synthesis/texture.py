@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
-from nnunetv2_tumorsynth.synthesis.placement import vessel_mask_from_intensity
+from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 
 class DDPMTexture:
@@ -50,6 +50,7 @@ class DDPMTexture:
 
 
 POLARITIES = {"darker": [-1.0], "brighter": [1.0], "either": [-1.0, 1.0]}  # signs of the tumour contrast
+TEXTURES = ("ddpm", "heuristic")
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,15 @@ class HeuristicTexture:
             rim = ((depth_mm > 0) & (depth_mm <= self.capsule_width_mm)).astype(np.float32)
             filled = filled + self.capsule_sd * organ_sd * ndimage.gaussian_filter(rim, self.capsule_blur_mm / spacing)
         return np.where(mask, filled.astype(image.dtype), image)
+
+
+def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint: str | None = None,
+                 ddpm_steps: int = 50, ddpm_sampler: str = "ddim", device: str = "cpu", batch_size: int = 4):
+    """The one texture factory: "heuristic" (Hu et al. 2023) or "ddpm" (needs ``checkpoint``)."""
+    if texture == "heuristic":
+        return HeuristicTexture(polarity=heuristic_polarity)
+    if texture != "ddpm":
+        raise ValueError(f"unknown texture {texture!r}; choose one of {list(TEXTURES)}")
+    if checkpoint is None:
+        raise ValueError("the ddpm texture needs a diffusion checkpoint (tumorsynth_pretrain_ddpm)")
+    return DDPMTexture(checkpoint, steps=ddpm_steps, sampler=ddpm_sampler, device=device, batch_size=batch_size)

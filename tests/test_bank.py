@@ -1,4 +1,5 @@
-"""Synthesis bank, overlay and heuristic texture: unit tests on small arrays (no nnU-Net run)."""
+"""nnunetv2_tumorsynth.bank: the synthesis bank, its overlay on training samples, its settings file and
+preview: unit tests on small arrays (no nnU-Net run)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ import numpy as np
 import pytest
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from nnunetv2_tumorsynth.bank.store import (
-    SMALLER_SIZES,
-    OverlaidArray,
-    SynthesisBank,
-    SyntheticTumourDataset,
-    SynthSettings,
-    count_uses,
-    entry_paths,
-    load_entry,
-    overlay_entry,
-    write_preview,
-)
-from nnunetv2_tumorsynth.nnunet import find_ddpm_checkpoint
+from nnunetv2_tumorsynth.bank.overlay import OverlaidArray, SyntheticTumourDataset, count_uses, overlay_entry
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths, write_preview
+from nnunetv2_tumorsynth.synthesis.entry import Entry
+from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
@@ -71,13 +64,13 @@ def test_bank_entries_lie_in_the_organ_away_from_tumours(dataset, tmp_path):
         assert len(paths) == 2, "cases with the fewest entries are served first"
         data, seg, _, _ = dataset.load_case(case)
         for path in paths:
-            e = load_entry(path)
-            box = tuple(slice(int(c), int(c) + s) for c, s in zip(e["corner"], e["mask"].shape))
-            assert e["mask"].any()
-            assert np.all(seg[0][box][e["mask"]] == 1), "inside the organ, never on an existing tumour"
-            assert np.array_equal(e["before"], data[0][box])
-            assert not np.allclose(e["values"][e["mask"]], e["before"][e["mask"]])
-            assert e["volume_ml"] == pytest.approx(e["mask"].sum() * np.prod(SPACING) / 1000)
+            e = Entry.load(path)
+            box = e.box
+            assert e.mask.any()
+            assert np.all(seg[0][box][e.mask] == 1), "inside the organ, never on an existing tumour"
+            assert np.array_equal(e.before, data[0][box])
+            assert not np.allclose(e.values[e.mask], e.before[e.mask])
+            assert e.volume_ml == pytest.approx(e.mask.sum() * np.prod(SPACING) / 1000)
     assert not [f for f in os.listdir(tmp_path / "case0") if f.startswith(".")], "no temporary files left"
 
 
@@ -101,8 +94,8 @@ def test_bank_counts_fallbacks_and_records_sizes(dataset, tmp_path):
     assert len(stats.radii_mm) == len(stats.requested_radii_mm) == 3
     assert all(r > 20.0 for r in stats.requested_radii_mm), "the radius asked for: a 'paper' draw"
     assert all(r < 15.0 for r in stats.radii_mm), "the radius placed: a smaller preset"
-    entries = [load_entry(p) for p in entry_paths(str(tmp_path), "small")]
-    placed = sorted(equivalent_radius_mm(e["mask"], SPACING) for e in entries)
+    entries = [Entry.load(p) for p in entry_paths(str(tmp_path), "small")]
+    placed = sorted(equivalent_radius_mm(e.mask, SPACING) for e in entries)
     assert placed == pytest.approx(sorted(stats.radii_mm))
 
     # the phantom's liver holds 'small' tumours: no fallback
@@ -123,11 +116,11 @@ def test_bank_places_paper_tumours_in_an_organ_cut_by_the_field_of_view(tmp_path
     assert stats.made == 4 and stats.fallbacks == 0 and stats.sizes_used == ["paper"] * 4
     organ = cut.cases["cut"][1][0] == 1
     for path in entry_paths(str(tmp_path / "default"), "cut"):
-        e = load_entry(path)
-        corner, size = e["corner"], np.array(e["mask"].shape)
+        e = Entry.load(path)
+        corner, size = e.corner, np.array(e.mask.shape)
         assert np.all(corner >= 0) and np.all(corner + size <= shape), "the box lies in the case"
         box = tuple(slice(int(c), int(c) + n) for c, n in zip(corner, size))
-        assert e["mask"].any() and not np.any(e["mask"] & ~organ[box]), "clipped to the organ"
+        assert e.mask.any() and not np.any(e.mask & ~organ[box]), "clipped to the organ"
 
 
 def test_bank_keeps_only_the_newest_entries(dataset, tmp_path):
@@ -156,16 +149,16 @@ def test_overlaid_array_crops_like_a_pasted_copy():
 
 def test_overlay_entry_labels_tumour_and_offers_it_to_oversampling(dataset, tmp_path):
     make_bank(tmp_path).generate(dataset, ["case1"], 1, 0)
-    entry = load_entry(entry_paths(str(tmp_path), "case1")[0])
+    entry = Entry.load(entry_paths(str(tmp_path), "case1")[0])
     data, seg, _, props = dataset.load_case("case1")
     assert len(props["class_locations"][2]) == 0, "case1 has no real tumour"
     data2, seg2, props2 = overlay_entry(data, seg, props, entry, tumour_label=2)
     seg_full, data_full = np.asarray(seg2), np.asarray(data2)
-    assert (seg_full == 2).sum() == entry["mask"].sum()
+    assert (seg_full == 2).sum() == entry.mask.sum()
     changed = data_full != data
     assert changed.any() and not changed[seg_full != 2].any(), "image differs only inside the synthetic mask"
     locations = props2["class_locations"][2]
-    assert len(locations) == entry["mask"].sum() and np.all(locations[:, 0] == 0)
+    assert len(locations) == entry.mask.sum() and np.all(locations[:, 0] == 0)
     assert np.all(seg_full[0][tuple(locations[:, 1:].T)] == 2)
 
 
@@ -185,18 +178,6 @@ def test_dataset_wrapper_probability_and_usage_log(dataset, tmp_path):
     assert len(dumps) == 1 and dumps[0].startswith("case1__")
 
 
-def test_heuristic_texture_changes_only_the_mask():
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(2, 1, 16, 20, 20)).astype(np.float32)
-    mask = np.zeros_like(image, bool)
-    mask[:, :, 5:11, 6:14, 6:14] = True
-    organ = np.ones_like(mask)
-    out = HeuristicTexture().fill(image, mask, organ, rng)
-    assert np.array_equal(out[~mask], image[~mask])
-    inside = out[mask].reshape(2, -1).mean(1) - image[mask].reshape(2, -1).mean(1)
-    assert np.all(np.abs(inside) > 0.5), "tumour mean differs from the organ by > 0.5 organ SD"
-
-
 def test_settings_from_json(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"probability": 0.8, "deformation": "elastic"}))
@@ -205,12 +186,6 @@ def test_settings_from_json(tmp_path):
     path.write_text(json.dumps({"probabilty": 0.8}))
     with pytest.raises(ValueError, match="probabilty"):
         SynthSettings().updated_from_json(str(path))
-
-
-def test_missing_ddpm_checkpoint_says_what_to_run(monkeypatch):
-    monkeypatch.delenv("TUMORSYNTH_DDPM_CHECKPOINT", raising=False)
-    with pytest.raises(FileNotFoundError, match="tumorsynth_pretrain_ddpm -d Dataset123_X -c 3d_fullres -f 0"):
-        find_ddpm_checkpoint("Dataset123_X", "nnUNetPlans", "3d_fullres", 0)
 
 
 def test_preview_png(dataset, tmp_path):

@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import _ROOT, cli, run
+from conftest import _ROOT, cli, log_line, run
 
 from nnunetv2_tumorsynth.ddpm import read_checkpoint
 from nnunetv2_tumorsynth.ddpm.data import (
     Augmentation,
-    Source,
+    TrainingFold,
     TumourComponent,
     TumourCrops,
     apply_augmentation,
@@ -102,8 +102,8 @@ class _FakeReader:
         return self.data, self.seg, None, {}
 
 
-def _fake_source(data: np.ndarray, seg: np.ndarray, spacing=(3.0, 1.5, 1.5)) -> Source:
-    return Source(name="Dataset999_Fake", plans_identifier="p", configuration="3d_fullres", fold=0, data_folder="",
+def _fake_source(data: np.ndarray, seg: np.ndarray, spacing=(3.0, 1.5, 1.5)) -> TrainingFold:
+    return TrainingFold(name="Dataset999_Fake", plans_identifier="p", configuration="3d_fullres", fold=0, data_folder="",
                   spacing=spacing, transpose_forward=(0, 1, 2), normalisation={"scheme": "ZScoreNormalization"},
                   tumour_label=2, channel=0, training_cases=["case"], validation_cases=[],
                   reader=_FakeReader(data, seg))
@@ -268,11 +268,12 @@ def test_training_writes_checkpoints_log_and_progress(trained, phantom_dataset):
     assert ds["val_cases"] and set(ds["val_cases"]) <= set(split["train"])
     assert {key.split("#")[0] for key in ds["val_components"]} == set(ds["val_cases"])
     assert not {key.split("#")[0] for key in ds["train_components"]} & set(ds["val_cases"])
-    assert (f"validation loss on the held-out cases {ds['val_cases']} ({len(ds['val_components'])} component(s)); "
-            f"training on the other cases' {len(ds['train_components'])} component(s)") in log
-    assert f"validation-fold cases not used: {sorted(split['val'])}" in log
+    assert log_line(log, "validation", str(ds["val_cases"]), f"{len(ds['val_components'])} component",
+                    f"{len(ds['train_components'])} component"), "held-out cases and component counts are logged"
+    assert log_line(log, "not used", str(sorted(split["val"]))), "the excluded validation-fold cases are logged"
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_existing_checkpoint_is_refused_and_resume_continues_exactly(trained, phantom_dataset):
     folder, _ = trained
     refused = run(_train_cmd(phantom_dataset, None, "--epochs", "3", "--batch-size", "2"), env=_env(phantom_dataset),
@@ -315,6 +316,7 @@ def test_existing_checkpoint_is_refused_and_resume_continues_exactly(trained, ph
     assert bad.returncode == 2 and "spacing mismatch" in bad.stderr and "[2.0, 1.0, 1.0]" in bad.stderr
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_clear_errors(phantom_dataset):
     env = _env(phantom_dataset)
     # --c without a checkpoint (fold 1 was never trained)
@@ -334,6 +336,7 @@ def test_clear_errors(phantom_dataset):
     assert result.returncode == 2 and "invalid choice: 'huge'" in result.stderr and "paper" in result.stderr
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_fold_without_tumours_is_an_error(phantom_dataset):
     def no_tumours(data, seg, case):
         seg[seg == 2] = 1
@@ -342,10 +345,11 @@ def test_fold_without_tumours_is_an_error(phantom_dataset):
     name = _bench().derive_dataset(phantom_dataset.name, NO_TUMOUR_ID, "NoTumour", no_tumours)
     result = run(_train_cmd(phantom_dataset, NO_TUMOUR_ID, "--epochs", "1"), env=_env(phantom_dataset), check=False)
     assert result.returncode == 2
-    assert f"No tumour voxels (label 2) in the 6 training cases of fold 0 of {name}" in result.stderr
+    assert log_line(result.stderr, "label 2", "6 training cases", "fold 0", name), result.stderr
     assert "--tumour-label" in result.stderr
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_two_gloo_processes_end_with_identical_weights(trained, phantom_dataset, tmp_path):
     """torchrun, 2 CPU processes x batch 1 = the single-process batch-2 run of ``trained``."""
     root = str(tmp_path / "results_ddp")
@@ -368,6 +372,7 @@ def test_two_gloo_processes_end_with_identical_weights(trained, phantom_dataset,
         torch.testing.assert_close(value, single["state_dict"][key], rtol=0, atol=1e-3, msg=key)
 
 
+@pytest.mark.e2e  # runs the CLI itself
 def test_trained_model_inpaints_held_out_tumours_better_than_model_free_fills(phantom_dataset):
     """Tiny preset, trained for 240 iterations (about 2 min on one core) on one learnable kind of tumour
     (``easy_tumours``: bright balls), inpaints held-out tumours with a markedly lower masked MSE than filling

@@ -380,7 +380,8 @@ def test_boxes_through_preprocessing_match_ground_truth_boxes(phantom_files, tra
 def test_models_without_box_channel_are_refused():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_tumorsynth.boxes.pseudolabel import PseudolabelError, check_box_model
+    from nnunetv2_tumorsynth.boxes.box_model import check_box_model
+    from nnunetv2_tumorsynth.boxes.pseudolabel_settings import PseudolabelError
 
     class BoxTrainer(nnUNetTrainer):
         uses_box_channel = True

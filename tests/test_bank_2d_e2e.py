@@ -15,7 +15,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import cli, run
+from conftest import cli, log_line, run
+
+pytestmark = pytest.mark.e2e
 
 PLANS_2D = "tumorsynthTiny2dPlans"
 TRAINER = "nnUNetTrainerSynthTumorHeuristicTiny"
@@ -59,7 +61,7 @@ def test_2d_training_makes_3d_tumours_and_uses_them(run_2d, phantom_2d):
     folder = run_2d
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
     log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
-    assert "2d configuration: tumours are made in 3D" in log and f"{list(PHANTOM_SPACING)} mm" in log
+    assert log_line(log, "2d", "3D", f"{list(PHANTOM_SPACING)} mm"), "the bank's 3-axis spacing is logged"
     assert "WARNING" not in log, "the phantom's cases share one slice spacing"
     assert int(re.search(r"initial bank (\d+) entries", log)[1]) > 0
     uses = [int(u) for u in re.findall(r"(\d+) training samples received one", log)]
@@ -72,11 +74,11 @@ def test_2d_training_makes_3d_tumours_and_uses_them(run_2d, phantom_2d):
     for path in entries:
         assert os.path.basename(os.path.dirname(path)) in split["train"]
         e = np.load(path)
-        mask = e["mask"]
-        assert mask.ndim == 3 and len(e["corner"]) == 3 and mask.any()
+        mask = e.mask
+        assert mask.ndim == 3 and len(e.corner) == 3 and mask.any()
         # the bank's spacing is 3-axis mm: its volume is the mask's voxels at 3.0 x 1.5 x 1.5 mm
-        assert np.isclose(float(e["volume_ml"]), mask.sum() * np.prod(PHANTOM_SPACING) / 1000.0)
-        radius_mm = (3.0 * float(e["volume_ml"]) * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
+        assert np.isclose(float(e.volume_ml), mask.sum() * np.prod(PHANTOM_SPACING) / 1000.0)
+        radius_mm = (3.0 * float(e.volume_ml) * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
         if radius_mm >= PHANTOM_SPACING[0]:  # at least two slices thick
             large += 1
             assert mask.any(axis=(1, 2)).sum() > 1, f"{path}: a {radius_mm:.1f} mm tumour lies in one slice"
@@ -101,7 +103,8 @@ def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monk
 
     import nnunetv2_tumorsynth.bank.session as injection
     import nnunetv2_tumorsynth.nnunet as nnunet
-    from nnunetv2_tumorsynth.bank.store import SynthSettings
+    from nnunetv2_tumorsynth.bank.settings import SynthSettings
+    from nnunetv2_tumorsynth.nnunet import PreprocessedDataset
     from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.ddpm.data import open_source
 
@@ -114,8 +117,8 @@ def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monk
     assert open_source(ds.dataset_id, PLANS_2D, "2d", 0).spacing == PHANTOM_SPACING
 
     def training(settings, log):
-        return injection.SyntheticTumourTraining(settings, log.append, str(tmp_path / "out"), dataset_json, pm, cm,
-                                                 "2d", 0, "cpu")
+        dataset = PreprocessedDataset(ds.name, plans, "2d", dataset_json)
+        return injection.SyntheticTumourTraining(settings, log.append, str(tmp_path / "out"), dataset, 0, "cpu")
 
     heuristic = SynthSettings(texture="heuristic")
     log: list[str] = []
@@ -127,7 +130,7 @@ def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monk
     monkeypatch.setattr(injection, "case_slice_spacings_mm", lambda name, plans: slices)
     log = []
     assert training(heuristic, log).spacing == PHANTOM_SPACING
-    assert any("WARNING 3 of 8 cases have another slice spacing (2.5 to 5 mm, median 3 mm)" in m for m in log)
+    assert log_line(log, "WARNING", "3 of 8", "2.5", "median 3 mm"), log
     monkeypatch.undo()
 
     def checkpoint(spacing, configuration):

@@ -15,6 +15,8 @@ import os
 import pytest
 from conftest import _ROOT, cli, run
 
+pytestmark = pytest.mark.e2e
+
 REPLACED_HEURISTIC_ID, REPLACED_DDPM_ID = 981, 982
 
 

@@ -1,13 +1,12 @@
-"""Fidelity of the heuristic texture (Hu et al. 2023): parenchyma statistics, mm units, capsule, mass effect."""
+"""nnunetv2_tumorsynth.synthesis.texture: fidelity of the heuristic texture (Hu et al. 2023): parenchyma
+statistics, contrast and polarity, capsule, blur and grain in mm."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthSettings, entry_paths, load_entry, overlay_entry
-from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
-from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 
 SPACING = np.array([3.0, 1.5, 1.5])
@@ -119,61 +118,13 @@ def test_blur_and_grain_are_in_mm():
     assert coarse[5] < 0.8  # 10 mm from the centre, 2 mm inside the edge: the blur is visible
 
 
-def test_mass_effect_follows_hu_eq5_and_leaves_the_outside_unchanged():
-    shape = (24, 48, 48)
-    centre = (12, 24, 24)
-    tumour = ball(shape, centre, 8.0)
-    grid = np.indices(shape).astype(float)
-    radial = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, SPACING))).astype(np.float32)
-    labels = (radial < 14.0).astype(np.int8)  # an "organ" ball that should bulge outward
-    effect = MassEffect(intensity=30.0)
-    warped, warped_labels, region = effect.warp(radial, labels, tumour, SPACING)
-    gamma_max = 1.3 * equivalent_radius_mm(tumour, SPACING)
-    assert effect.reach_mm(tumour, SPACING) == pytest.approx(gamma_max)
-    assert np.array_equal(warped[~region], radial[~region]) and np.array_equal(warped_labels[~region], labels[~region])
-    gamma = radial[region]
-    expected = (1 - (1 - gamma / gamma_max) ** 2 * 0.3) * gamma  # eq. 5: value found at gamma'
-    assert np.abs(warped[region] - expected).max() < 0.6  # mm; linear interpolation of the distance field
-    assert np.all(warped[region] <= gamma + 1e-3), "content comes from nearer the centre: it is pushed outward"
-    assert warped_labels.sum() >= labels.sum()
-    unchanged, *_ = MassEffect(intensity=0.0).warp(radial, labels, tumour, SPACING)
-    assert np.array_equal(unchanged, radial)
-    with pytest.raises(ValueError, match="eq. 5"):
-        MassEffect(intensity=130.0)
-
-
-class OneCase:
-    def __init__(self, data, seg):
-        self.data, self.seg, self.identifiers = data, seg, ["case0"]
-
-    def load_case(self, identifier):
-        return self.data, self.seg, None, {"class_locations": {2: np.argwhere(self.seg == 2)}}
-
-
-def test_bank_with_mass_effect_moves_image_and_labels_together_only_in_the_region(tmp_path):
-    rng = np.random.default_rng(2)
-    shape = (20, 48, 48)
-    organ = ball(shape, (10, 24, 24), 30.0)
-    seg = organ.astype(np.int8)[None]
-    data = (rng.normal(0, 1, shape).astype(np.float32) + 3 * organ)[None]
-    settings = SynthSettings(texture="heuristic", size="small", seed=0, mass_effect=30.0, margin_mm=0.0)
-    bank = SynthesisBank(str(tmp_path), HeuristicTexture(), settings, tuple(SPACING), organ_label=1, tumour_label=2)
-    assert bank.generate(OneCase(data, seg), ["case0"], 1, epoch=0).made == 1
-    entry = load_entry(entry_paths(str(tmp_path), "case0")[0])
-    assert {"region_corner", "region_mask", "region_values", "region_labels"} <= set(entry)
-    data_out, seg_out, props = overlay_entry(data, seg, {"class_locations": {}}, entry, tumour_label=2)
-    data_out, seg_out = np.asarray(data_out), np.asarray(seg_out)
-    changed_region = np.zeros(shape, bool)
-    corner = entry["region_corner"]
-    lo, hi = np.maximum(corner, 0), np.minimum(corner + entry["region_mask"].shape, shape)
-    changed_region[tuple(slice(a, b) for a, b in zip(lo, hi))] = entry["region_mask"][
-        tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))]
-    outside = ~changed_region[None]
-    assert np.array_equal(data_out[outside], data[outside]), "bit-exact outside the entry's region"
-    assert np.array_equal(seg_out[outside], seg[outside])
-    tumour = np.zeros(shape, bool)
-    box = tuple(slice(int(c), int(c) + s) for c, s in zip(entry["corner"], entry["mask"].shape))
-    tumour[box] = entry["mask"]
-    assert np.all(seg_out[0][tumour] == 2) and (seg_out[0] == 2).sum() == tumour.sum()
-    assert changed_region.sum() > 1.5 * tumour.sum(), "the region reaches beyond the tumour"
-    assert len(props["class_locations"][2]) == tumour.sum()
+def test_heuristic_texture_changes_only_the_mask():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 1, 16, 20, 20)).astype(np.float32)
+    mask = np.zeros_like(image, bool)
+    mask[:, :, 5:11, 6:14, 6:14] = True
+    organ = np.ones_like(mask)
+    out = HeuristicTexture().fill(image, mask, organ, rng)
+    assert np.array_equal(out[~mask], image[~mask])
+    inside = out[mask].reshape(2, -1).mean(1) - image[mask].reshape(2, -1).mean(1)
+    assert np.all(np.abs(inside) > 0.5), "tumour mean differs from the organ by > 0.5 organ SD"

@@ -1,0 +1,215 @@
+"""Synthesise one case's tumours: plan (shape + placement) and fill (texture) -> ``Entry``.
+
+The one code path of the synthesis bank (on-the-fly training) and of offline generation, so both make the
+same tumours. Arrays in, arrays out: ``data`` (C, z, y, x) and ``seg`` (1, z, y, x) in nnU-Net's
+preprocessed axis order, spacing in mm in that order; no nnU-Net import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from nnunetv2_tumorsynth.synthesis.entry import Entry, MassEffectRegion
+from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
+from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES, place_random_tumour
+from nnunetv2_tumorsynth.synthesis.shape import DEFORMATIONS, SIZES, equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
+from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
+
+HEURISTIC_CONTEXT_VOXELS = 4  # margin around the tumour box given to the heuristic texture (and its vessel search)
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass(kw_only=True)
+class TumourSettings:
+    """How one synthetic tumour is drawn, placed and filled (shared by the trainers and ``tumorsynth_generate``).
+
+    deformation / size: mask shape, see ``synthesis.shape.random_tumour_mask``.
+    texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (Hu et al. 2023).
+    heuristic_polarity: heuristic texture only: "either", "darker" or "brighter" (``texture.HeuristicTexture``).
+    ddpm_steps / ddpm_sampler: sampling of the diffusion model.
+    margin_mm: minimum distance between a synthetic tumour and existing tumours.
+    min_inside_fraction: at least this fraction of a tumour's voxels lies inside the organ; the rest is clipped
+        away (``placement.place_random_tumour``). 1.0 keeps every tumour wholly inside the organ; the default 0.8
+        is measured in docs/benchmarks.md (placement on the real MR).
+    avoid_vessels: keep tumours away from bright vessel-like structures (``vessels.vessel_mask_from_intensity``);
+        off by default (measured in docs/benchmarks.md); turn it on for contrast-enhanced CT or MR.
+    mass_effect: I of Hu et al. 2023, eq. 5 (0 = off, their value 30), see ``mass_effect.MassEffect``.
+    organ_label / tumour_label: names or values; None = found from dataset.json.
+    seed: base seed of the random generator (None = random).
+    """
+
+    deformation: str | None = "simplex"
+    size: str = "paper"
+    texture: str = "ddpm"
+    heuristic_polarity: str = "either"
+    ddpm_steps: int = 50
+    ddpm_sampler: str = "ddim"
+    margin_mm: float = 5.0
+    min_inside_fraction: float = 0.8
+    avoid_vessels: bool = False
+    mass_effect: float = 0.0
+    organ_label: str | int | None = None
+    tumour_label: str | int | None = None
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting with a value outside its choices or range."""
+        choices = {"deformation": DEFORMATIONS, "size": SIZES, "texture": TEXTURES,
+                   "heuristic_polarity": tuple(POLARITIES), "ddpm_sampler": SAMPLERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"setting {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.min_inside_fraction <= 1.0:
+            raise ValueError(f"setting 'min_inside_fraction' must be in (0, 1], got {self.min_inside_fraction!r}")
+        if self.ddpm_steps < 1:
+            raise ValueError(f"setting 'ddpm_steps' must be at least 1, got {self.ddpm_steps!r}")
+
+
+class NoRoom(Exception):
+    """The case's organ has no room for a tumour (or no organ voxel); the message says which."""
+
+
+@dataclass
+class _Job:
+    """A planned tumour, before filling: the case's arrays, the tumour box and how it was drawn."""
+
+    case: str
+    image: np.ndarray  # (z, y, x)
+    labels: np.ndarray  # (z, y, x)
+    organ: np.ndarray  # organ or tumour label: where tumours lie
+    corner: np.ndarray
+    mask: np.ndarray
+    size: str | None = None
+    size_requested: str | None = None
+    requested_radius_mm: float | None = None
+    box: list[list[int]] = field(default_factory=list)
+
+
+class TumourSynthesiser:
+    """Draws, places and fills synthetic tumours in one case's arrays with ``rng``; the texture runs batched."""
+
+    def __init__(self, texture, settings: TumourSettings, spacing: Sequence[float], organ_label: int,
+                 tumour_label: int, rng: np.random.Generator):
+        self.texture, self.settings, self.rng = texture, settings, rng
+        self.spacing = tuple(float(s) for s in spacing)
+        self.organ_label, self.tumour_label = organ_label, tumour_label
+        self.mass_effect = MassEffect(settings.mass_effect) if settings.mass_effect > 0 else None
+
+    def plan(self, case: str, data, seg) -> _Job:
+        """Draw and place one tumour (CPU work); raises ``NoRoom`` when the organ has no room."""
+        labels = np.asarray(seg[0])
+        if not (labels == self.organ_label).any():
+            raise NoRoom(f"case {case} has no voxels of organ label {self.organ_label}")
+        organ = (labels == self.organ_label) | (labels == self.tumour_label)  # tumours lie inside the organ
+        image = np.asarray(data[0])
+        forbidden = labels == self.tumour_label
+        if self.settings.avoid_vessels:
+            forbidden |= vessel_mask_from_intensity(image, organ, self.spacing)
+        placed = place_random_tumour(organ, forbidden, self.spacing, self.rng, size=self.settings.size,
+                                     deformation=self.settings.deformation,
+                                     min_inside_fraction=self.settings.min_inside_fraction,
+                                     margin_mm=self.settings.margin_mm)
+        if placed is None:
+            raise NoRoom(f"case {case}: organ label {self.organ_label} too small for even a '{SMALLER_SIZES[-1]}' "
+                         f"tumour")
+        return _Job(case, image, labels, organ, placed.corner, placed.mask, placed.size, self.settings.size,
+                    placed.requested_radius_mm)
+
+    def synthesise(self, case: str, data, seg) -> Entry:
+        """One new tumour in one case, planned and filled; raises ``NoRoom``."""
+        job = self.plan(case, data, seg)
+        self._check_fits_context(job)
+        return self.fill([job])[0]
+
+    def fill_masks(self, case: str, data, seg, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[Entry]:
+        """Entries for given masks (e.g. real tumours to replace), no placement; filled in one batch.
+
+        ``boxes``: (corner, bool mask box) pairs, corner the voxel index of the box's first corner in the case.
+        """
+        labels = np.asarray(seg[0])
+        organ = (labels == self.organ_label) | (labels == self.tumour_label)
+        jobs = [_Job(case, np.asarray(data[0]), labels, organ, np.asarray(corner), np.asarray(mask, bool))
+                for corner, mask in boxes]
+        for job in jobs:
+            self._check_fits_context(job)
+        return self.fill(jobs) if jobs else []
+
+    def _check_fits_context(self, job: _Job) -> None:
+        crop = self.texture.crop_size
+        if crop is not None and any(s > c for s, c in zip(job.mask.shape, crop)):
+            raise ValueError(
+                f"case {job.case}: tumour box {tuple(job.mask.shape)} voxels is larger than the diffusion model's "
+                f"context crop {tuple(crop)}; use smaller tumours or a model trained with a larger --crop")
+
+    def _context_box(self, job: _Job) -> list[list[int]]:
+        """Crop box (half-open, case voxels) around the tumour: the model's crop size, or a small margin
+        (with mass effect: wide enough for its whole ball)."""
+        corner, size = job.corner, np.array(job.mask.shape)
+        crop = self.texture.crop_size
+        if crop is None:
+            margin = np.full(3, HEURISTIC_CONTEXT_VOXELS)
+            if self.mass_effect is not None:
+                reach = np.ceil(self.mass_effect.reach_mm(job.mask, self.spacing) / np.array(self.spacing))
+                margin = np.maximum(margin, reach.astype(int) - size // 2 + 2)
+            return [[int(c) - int(m), int(c + s) + int(m)] for c, s, m in zip(corner, size, margin)]
+        start = corner + size // 2 - np.array(crop) // 2
+        return [[int(s), int(s + c)] for s, c in zip(start, crop)]
+
+    def fill(self, jobs: list[_Job]) -> list[Entry]:
+        """Run the texture on every job's context crop (batched when the texture has a fixed crop size).
+
+        With mass effect the crop is warped first (image and labels) and the entry gets the region that moved.
+        """
+        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # imports torch: only when used
+
+        crops, masks, parenchymas, originals, regions = [], [], [], [], []
+        for job in jobs:
+            job.box = self._context_box(job)
+            full_mask = np.zeros(job.organ.shape, bool)
+            full_mask[tuple(slice(c, c + s) for c, s in zip(job.corner, job.mask.shape))] = job.mask
+            crop = crop_and_pad_nd(job.image, job.box, 0.0).astype(np.float32)
+            mask = crop_and_pad_nd(full_mask, job.box, False)
+            labels = crop_and_pad_nd(job.labels, job.box, 0)
+            originals.append(crop)
+            region = None
+            if self.mass_effect is not None:
+                in_case = crop_and_pad_nd(np.ones(job.organ.shape, bool), job.box, False)
+                crop, labels, moved = self.mass_effect.warp(crop, labels, mask, self.spacing)
+                region = MassEffectRegion(np.array([b[0] for b in job.box]), (moved | mask) & in_case, None,
+                                          np.where(mask, self.tumour_label, labels).astype(labels.dtype))
+            regions.append(region)
+            crops.append(crop[None])
+            masks.append(mask[None])
+            parenchymas.append((labels == self.organ_label)[None])  # organ label only: existing tumours excluded
+        if self.texture.crop_size is not None:
+            filled = list(self.texture.fill(np.stack(crops), np.stack(masks), np.stack(parenchymas), self.rng,
+                                            spacing=self.spacing))
+        else:
+            filled = [self.texture.fill(c[None], m[None], o[None], self.rng, spacing=self.spacing)[0]
+                      for c, m, o in zip(crops, masks, parenchymas)]
+        return [self._entry(*args) for args in zip(jobs, filled, masks, originals, regions)]
+
+    def _entry(self, job: _Job, crop: np.ndarray, mask: np.ndarray, before: np.ndarray,
+               region: MassEffectRegion | None) -> Entry:
+        offset = [int(c) - b[0] for c, b in zip(job.corner, job.box)]
+        in_crop = tuple(slice(o, o + s) for o, s in zip(offset, job.mask.shape))
+        assert np.array_equal(np.asarray(mask[0][in_crop]), job.mask)
+        if region is not None:
+            region.values = np.where(region.mask, crop[0], before).astype(np.float32)
+        z, y = (o + s // 2 for o, s in zip(offset[:2], job.mask.shape[:2]))
+        entry = Entry(
+            case=job.case, corner=np.asarray(job.corner), mask=job.mask,
+            values=np.asarray(crop[0][in_crop], np.float32),
+            before=np.asarray(job.image[tuple(slice(int(c), int(c) + s) for c, s in zip(job.corner, job.mask.shape))],
+                              np.float32),
+            volume_ml=float(job.mask.sum() * np.prod(self.spacing) / 1000.0),
+            size=job.size, size_requested=job.size_requested,
+            radius_mm=equivalent_radius_mm(job.mask, self.spacing) if job.size is not None else None,
+            requested_radius_mm=job.requested_radius_mm, region=region,
+            preview={"axial_before": before[z], "axial_after": crop[0][z], "axial_mask": mask[0][z],
+                     "coronal_before": before[:, y], "coronal_after": crop[0][:, y], "coronal_mask": mask[0][:, y]})
+        return entry
