@@ -11,7 +11,8 @@ def new_figure(rows: int = 1, columns: int = 1, **figure_kwargs):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    subplot_kwargs = {key: figure_kwargs.pop(key) for key in ("gridspec_kw", "sharex", "sharey") if key in figure_kwargs}
+    subplot_kwargs = {key: figure_kwargs.pop(key) for key in ("gridspec_kw", "sharex", "sharey")
+                      if key in figure_kwargs}
     fig = Figure(**figure_kwargs)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, columns, squeeze=False, **subplot_kwargs)

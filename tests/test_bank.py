@@ -13,9 +13,9 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2_tumorsynth.bank.overlay import OverlaidArray, SyntheticTumourDataset, count_uses, overlay_entry
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths, write_preview
+from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES
-from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 

@@ -104,9 +104,9 @@ def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monk
     import nnunetv2_tumorsynth.bank.session as injection
     import nnunetv2_tumorsynth.nnunet as nnunet
     from nnunetv2_tumorsynth.bank.settings import SynthSettings
-    from nnunetv2_tumorsynth.nnunet import PreprocessedDataset
     from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.ddpm.data import open_source
+    from nnunetv2_tumorsynth.nnunet import PreprocessedDataset
 
     ds = phantom_2d
     plans = json.load(open(os.path.join(ds.preprocessed, PLANS_2D + ".json")))

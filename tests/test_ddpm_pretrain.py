@@ -103,7 +103,8 @@ class _FakeReader:
 
 
 def _fake_source(data: np.ndarray, seg: np.ndarray, spacing=(3.0, 1.5, 1.5)) -> TrainingFold:
-    return TrainingFold(name="Dataset999_Fake", plans_identifier="p", configuration="3d_fullres", fold=0, data_folder="",
+    return TrainingFold(name="Dataset999_Fake", plans_identifier="p", configuration="3d_fullres", fold=0,
+                        data_folder="",
                   spacing=spacing, transpose_forward=(0, 1, 2), normalisation={"scheme": "ZScoreNormalization"},
                   tumour_label=2, channel=0, training_cases=["case"], validation_cases=[],
                   reader=_FakeReader(data, seg))

@@ -10,8 +10,8 @@ from scipy import ndimage
 
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.synthesis.placement import clip_to_organ, place_tumour
-from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 from nnunetv2_tumorsynth.synthesis.shape import random_tumour_mask
+from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 SPACING = np.array((2.0, 1.0, 1.0))  # (z, y, x) mm
 SHAPE = (40, 96, 96)

@@ -158,7 +158,8 @@ class SyntheticTumourTraining:
                 s.background_threads, s.background_nice, self.device)
         else:
             how = f"then {self.entries_per_epoch} new entries at the start of every epoch (synchronous)"
-        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.busy_seconds:.1f} s (bank held {held} "
+        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.busy_seconds:.1f} s (bank held "
+                 f"{held} "
                  f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
         return SyntheticTumourDataset(dataset_tr, self.bank_folder, s.probability, self.tumour_label,
                                       s.dump_samples)

@@ -58,7 +58,8 @@ class SynthSettings(TumourSettings):
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{SETTINGS_ENV}={path}: cannot read the settings file ({e})") from e
         if not isinstance(overrides, dict):
-            raise ValueError(f"{SETTINGS_ENV}={path}: expected a JSON object of settings, got {type(overrides).__name__}")
+            raise ValueError(f"{SETTINGS_ENV}={path}: expected a JSON object of settings, got "
+                             f"{type(overrides).__name__}")
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:

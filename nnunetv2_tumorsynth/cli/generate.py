@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = GenerateSettings(
         dataset=args.d, as_dataset=args.as_dataset, configuration=args.c, fold=args.f, plans=args.p,
-        num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity, ddpm_steps=args.steps,
+        num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity,
+        ddpm_steps=args.steps,
         ddpm_sampler=args.sampler, checkpoint=args.checkpoint,
         deformation=None if args.deformation == "none" else args.deformation,
         size=args.size, include_real=args.include_real, replace_real=args.replace_real, margin_mm=args.margin_mm,

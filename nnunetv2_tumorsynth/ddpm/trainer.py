@@ -53,7 +53,8 @@ class DDPMTrainer:
         out: output folder (checkpoints, log, progress.png); written by rank 0 only.
     """
 
-    def __init__(self, settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, data: TrainingData, out: str,
+    def __init__(self, settings: TrainingSettings, preset: str, model: MaskedDiffusionUNet, data: TrainingData,
+                 out: str,
                  device: torch.device, rank: int = 0, world: int = 1) -> None:
         self.settings, self.preset, self.data, self.out = settings, preset, data, out
         self.device, self.rank, self.world = device, rank, world
@@ -220,7 +221,8 @@ class DDPMTrainer:
     def save_checkpoints(self, improved: bool) -> None:
         """``checkpoint_best.pth`` when the score improved; ``checkpoint_latest.pth`` (with the trained weights
         beside the EMA, to resume from) always."""
-        meta = checkpoint_metadata(self.model, self.data, self.records, self.settings, self.preset, self.state, self.world)
+        meta = checkpoint_metadata(self.model, self.data, self.records, self.settings, self.preset, self.state,
+                                   self.world)
         extra = {k: self.state[k] for k in ("train_losses", "val_losses", "epoch_seconds", "ema_updates")}
         if improved:
             save_checkpoint(os.path.join(self.out, CHECKPOINT_BEST), self.evaluated, meta, self.optimizer, extra)

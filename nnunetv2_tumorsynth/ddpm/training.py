@@ -374,7 +374,8 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def checkpoint_metadata(model: MaskedDiffusionUNet, data: TrainingData, records: list[dict[str, Any]], settings: TrainingSettings,
+def checkpoint_metadata(model: MaskedDiffusionUNet, data: TrainingData, records: list[dict[str, Any]],
+                        settings: TrainingSettings,
               preset: str, state: dict[str, Any], world: int) -> dict[str, Any]:
     s0 = data.sources[0]
     return make_metadata(

@@ -1,4 +1,5 @@
-"""The source of a generation: the fold's preprocessed cases and their raw files, with each case's inverse normalisation."""
+"""The source of a generation: the fold's preprocessed cases and their raw files, with each case's inverse
+normalisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Per-tumour features for realism statistics: each tumour (a connected component, 26-connectivity, of the tumour mask) is reduced to
+"""Per-tumour features for realism statistics: each tumour (a connected component, 26-connectivity, of the
+tumour mask) is reduced to
 a few numbers (:mod:`.realism` compares their real and synthetic distributions). The features (see :data:`FEATURES`):
 
 - ``volume_ml``: voxel count x voxel volume / 1000.

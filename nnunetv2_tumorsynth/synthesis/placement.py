@@ -178,7 +178,8 @@ def place_random_tumour(
             # organ (forbidden voxels all lie in the organ's box), then keep the part of the box inside the case.
             reach = np.array(mask.shape) if min_inside_fraction < 1.0 else np.zeros(3, int)
             region = [[int(a), int(b)] for a, b in zip(organ_lo - reach, organ_hi + reach)]
-            corner = place_tumour(crop_and_pad_nd(organ, region, False), mask, crop_and_pad_nd(forbidden, region, False),
+            corner = place_tumour(crop_and_pad_nd(organ, region, False), mask,
+                                  crop_and_pad_nd(forbidden, region, False),
                                   rng=rng, spacing=spacing, min_inside_fraction=min_inside_fraction,
                                   margin_mm=margin_mm)
             if corner is None:
