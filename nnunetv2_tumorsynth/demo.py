@@ -29,6 +29,10 @@ DEMO_FORMAT = 2  # bump when the steps or their outputs change: older work folde
 SCARCE_ID, SCARCE_NAME = 970, "DemoScarce"
 PSEUDO_ID, GENERATED_ID = 971, 972
 PLANS = "tumorsynthTinyPlans"
+# everything the demo writes in its work folder (--overwrite removes these and nothing else)
+DEMO_OUTPUTS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", ".steps", "logs", "predictions", "lld_mmri",
+                "report", "previews", "pseudo_masks", "realism", ".matplotlib", "synth_settings.json",
+                "tumorsynth_demo.json")
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,21 @@ class Demo:
             if os.path.isfile(stamp):
                 with open(stamp) as f:
                     found = json.load(f)
+            if found is None:  # not a demo folder: never delete anything in it
+                raise FileExistsError(
+                    f"{self.work} holds other files ({', '.join(sorted(os.listdir(self.work))[:5])}); the demo needs "
+                    f"an "
+                    f"empty or new --workdir (--overwrite only replaces an earlier demo's own outputs)")
             if found != expected:
                 if not self.settings.overwrite:
-                    raise FileExistsError(
-                        f"{self.work} holds {'another version of the demo' if found else 'other files'}; "
-                        f"choose another --workdir or pass --overwrite to delete it and start over")
-                shutil.rmtree(self.work)
+                    raise FileExistsError(f"{self.work} holds another version of the demo; choose another --workdir "
+                                          f"or pass --overwrite to replace its outputs")
+                for name in DEMO_OUTPUTS:  # only what the demo makes; anything else in the folder stays
+                    target = self.path(name)
+                    if os.path.isdir(target):
+                        shutil.rmtree(target)
+                    elif os.path.exists(target):
+                        os.remove(target)
         for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             os.makedirs(self.env[var], exist_ok=True)
         os.makedirs(self.path(".steps"), exist_ok=True)

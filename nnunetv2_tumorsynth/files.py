@@ -8,12 +8,14 @@ already has is replaced without an explicit ``overwrite``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,6 +40,37 @@ def atomic_path(path: str) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+class CorruptFile(ValueError):
+    """A file that is truncated or cannot be decoded; the message names it."""
+
+
+def check_complete(path: str) -> None:
+    """Raise ``CorruptFile`` if a gzip file (``.nii.gz``, ``.gz``) ends before its trailer or does not decode.
+
+    SimpleITK decodes a truncated ``.nii.gz`` without an error and fills the missing voxels with zeros (a killed
+    ``nnUNetv2_predict`` leaves such files), so every image the tools read is decompressed once here first.
+    """
+    if not path.endswith(".gz"):
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as e:
+        raise CorruptFile(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); write or copy it again") from e
+
+
+def read_image(path: str):
+    """``SimpleITK.ReadImage`` after ``check_complete``; an unreadable file is a ``CorruptFile`` naming it."""
+    import SimpleITK as sitk
+
+    check_complete(path)
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as e:
+        raise CorruptFile(f"{path} cannot be read as an image ({str(e).strip().splitlines()[-1][:200]})") from e
 
 
 def json_safe(obj):

@@ -173,7 +173,8 @@ def test_dataset_wrapper_probability_and_usage_log(dataset, tmp_path):
     assert not (np.asarray(seg) == 2).any()
     data, _, _, _ = always.load_case("case2")  # no entries for case2: the real case comes back
     assert data is dataset.cases["case2"][0]
-    assert count_uses(str(tmp_path)) == 1
+    usage = count_uses(str(tmp_path))
+    assert (usage.loaded, usage.overlaid) == (3, 1), "every load is counted, and the one that received an entry"
     dumps = os.listdir(tmp_path / "dumps")
     assert len(dumps) == 1 and dumps[0].startswith("case1__")
 

@@ -64,7 +64,7 @@ def test_2d_training_makes_3d_tumours_and_uses_them(run_2d, phantom_2d):
     assert log_line(log, "2d", "3D", f"{list(PHANTOM_SPACING)} mm"), "the bank's 3-axis spacing is logged"
     assert "WARNING" not in log, "the phantom's cases share one slice spacing"
     assert int(re.search(r"initial bank (\d+) entries", log)[1]) > 0
-    uses = [int(u) for u in re.findall(r"(\d+) training samples received one", log)]
+    uses = [int(u) for u in re.findall(r"(\d+) of \d+ samples the data loaders prepared received one", log)]
     assert len(uses) == 2 and sum(uses) > 0, "entries reached the 2d network's training samples"
 
     split = json.load(open(os.path.join(phantom_2d.preprocessed, "splits_final.json")))[0]
@@ -74,11 +74,11 @@ def test_2d_training_makes_3d_tumours_and_uses_them(run_2d, phantom_2d):
     for path in entries:
         assert os.path.basename(os.path.dirname(path)) in split["train"]
         e = np.load(path)
-        mask = e.mask
-        assert mask.ndim == 3 and len(e.corner) == 3 and mask.any()
+        mask = e["mask"]
+        assert mask.ndim == 3 and len(e["corner"]) == 3 and mask.any()
         # the bank's spacing is 3-axis mm: its volume is the mask's voxels at 3.0 x 1.5 x 1.5 mm
-        assert np.isclose(float(e.volume_ml), mask.sum() * np.prod(PHANTOM_SPACING) / 1000.0)
-        radius_mm = (3.0 * float(e.volume_ml) * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
+        assert np.isclose(float(e["volume_ml"]), mask.sum() * np.prod(PHANTOM_SPACING) / 1000.0)
+        radius_mm = (3.0 * float(e["volume_ml"]) * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
         if radius_mm >= PHANTOM_SPACING[0]:  # at least two slices thick
             large += 1
             assert mask.any(axis=(1, 2)).sum() > 1, f"{path}: a {radius_mm:.1f} mm tumour lies in one slice"
@@ -94,6 +94,16 @@ def test_2d_training_makes_3d_tumours_and_uses_them(run_2d, phantom_2d):
         m = d["mask"]
         assert np.array_equal(d["data_after"][:, ~m], d["data_before"][:, ~m])
         assert np.all(d["seg_after"][:, m] == 2)
+
+
+def test_2d_bank_previews_and_realism(run_2d, tmp_path):
+    """A 2d bank is read with the dataset's 3-axis spacing: previews and realism statistics work on it."""
+    bank = os.path.join(run_2d, "synthesis_bank")
+    run([cli("tumorsynth_preview"), "-i", bank, "-o", str(tmp_path / "png"), "--max", "2", "--no-progress"])
+    assert glob.glob(str(tmp_path / "png" / "page*.png"))
+    run([cli("tumorsynth_realism"), "-s", bank, "-o", str(tmp_path / "realism"), "--no-progress"])
+    report = json.load(open(tmp_path / "realism" / "realism.json"))
+    assert report["n_synthetic"] > 0 and report["n_real"] > 0
 
 
 def test_2d_spacing_ddpm_check_and_pretraining_source(phantom_2d, tmp_path, monkeypatch):

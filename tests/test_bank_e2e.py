@@ -72,7 +72,9 @@ def test_heuristic_trainer_injects_synthetic_tumours(heuristic_run, phantom_data
     assert "'probability': 1.0" in log, "settings from TUMORSYNTH_SETTINGS are recorded in the log"
     assert log_line(log, "synchronous", "CUDA"), "the log says why synthesis is synchronous"
     assert log_line(log, "initial bank", "every epoch", "synchronous")
-    assert log.count("training samples received one") == 2, "one report per epoch"
+    assert log.count("samples the data loaders prepared received one") == 2, "one report per epoch"
+    counts = [(int(o), int(n)) for o, n in re.findall(r"(\d+) of (\d+) samples the data loaders prepared", log)]
+    assert all(0 < o <= n for o, n in counts), "overlays are counted against the samples the loaders prepared"
     assert "mean volume" in log and " ml)" in log
     waits = [float(w) for w in re.findall(r"training waited ([0-9.]+) s", log)]
     busy = [float(b) for b in re.findall(r"generator busy ([0-9.]+) s", log)]
@@ -132,7 +134,7 @@ def test_pretrained_weights_and_continue(heuristic_run, phantom_dataset, tmp_pat
     assert len(new_logs) == 1, "nnU-Net starts a new log for the continued run"
     log = open(new_logs.pop()).read()
     assert "Epoch 1" in log and "Epoch 0" not in log
-    assert log.count("training samples received one") == 1
+    assert log.count("samples the data loaders prepared received one") == 1
     assert "initial bank 0 entries" in log and "background generator makes" in log, "no wait on resume"
     assert "training waited 0.00 s" in log
     made = int(re.search(r"background generator stopped after waiting [0-9.]+ s; it made (\d+) entries", log)[1])

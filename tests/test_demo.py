@@ -1,6 +1,6 @@
 """tumorsynth_demo: the work folder (version stamp, refusal, --overwrite) and resuming after finished steps.
 
-The full demo (about 15 CPU minutes) is what the README's first command runs; these tests check its
+The full demo (5 to 7 CPU minutes) is what the README's first command runs; these tests check its
 bookkeeping with cheap steps, and that its step list names only commands and trainers that exist.
 """
 
@@ -24,14 +24,17 @@ def test_workdir_stamp_refusal_and_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         Demo(DemoSettings(workdir=str(work), epochs=10)).prepare_workdir()  # other settings
     (work / "keep.txt").write_text("x")
+    (work / "nnUNet_results" / "old.txt").write_text("demo output")
     Demo(DemoSettings(workdir=str(work), epochs=10, overwrite=True)).prepare_workdir()
-    assert not (work / "keep.txt").exists()
+    assert (work / "keep.txt").read_text() == "x", "--overwrite removes only what the demo made"
+    assert not (work / "nnUNet_results" / "old.txt").exists()
     other = tmp_path / "other"
     other.mkdir()
     (other / "mine.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="other files"):
-        Demo(DemoSettings(workdir=str(other))).prepare_workdir()
-    assert (other / "mine.txt").read_text() == "user data"
+    for overwrite in (False, True):  # a folder the demo did not make is refused, with or without --overwrite
+        with pytest.raises(FileExistsError, match="other files"):
+            Demo(DemoSettings(workdir=str(other), overwrite=overwrite)).prepare_workdir()
+    assert os.listdir(other) == ["mine.txt"] and (other / "mine.txt").read_text() == "user data"
 
 
 def test_finished_steps_are_not_run_again(tmp_path, capsys):

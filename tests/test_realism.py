@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from nnunetv2_tumorsynth.inspection import realism
-from nnunetv2_tumorsynth.inspection.features import (
+from nnunetv2_tumorsynth.synthesis.features import (
     boundary_gradient,
     image_features,
     sphericity,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,8 +92,8 @@ class SyntheticTumourDataset:
     """nnU-Net training dataset whose cases receive a bank entry with probability ``probability``.
 
     Wraps the dataset object of ``nnUNetTrainer.get_tr_and_val_datasets`` (training split only).
-    Runs in the data-loader workers: reads the bank folder, never writes entries. Each overlay is
-    appended to ``<bank>/usage/<pid>.jsonl`` (counts for the training log).
+    Runs in the data-loader workers: reads the bank folder, never writes entries. Every sample loaded is appended
+    to ``<bank>/usage/<pid>.jsonl`` with the entry pasted into it, if any (counts for the training log).
     """
 
     def __init__(self, dataset, bank_folder: str, probability: float, tumour_label: int, dump_samples: int = 0):
@@ -106,28 +107,37 @@ class SyntheticTumourDataset:
 
     def load_case(self, identifier):
         data, seg, seg_prev, properties = self.dataset.load_case(identifier)
-        if np.random.uniform() >= self.probability:
-            return data, seg, seg_prev, properties
-        paths = entry_paths(self.bank_folder, identifier)
-        if not paths:
-            return data, seg, seg_prev, properties
-        path = paths[np.random.randint(len(paths))]
-        try:
-            entry = Entry.load(path)
-        except FileNotFoundError:  # pruned or replaced meanwhile: use the real case
-            return data, seg, seg_prev, properties
-        except UnreadableEntry as e:  # truncated or corrupt: set it aside, say so, use the real case
-            set_aside(path, e)
+        entry, path = self._draw_entry(identifier)
+        self._log_load(identifier, path)
+        if entry is None:
             return data, seg, seg_prev, properties
         data_out, seg_out, properties = overlay_entry(data, seg, properties, entry, self.tumour_label)
-        self._log_use(identifier, path, data, seg, data_out, seg_out, entry)
+        self._dump(identifier, data, seg, data_out, seg_out, entry)
         return data_out, seg_out, seg_prev, properties
 
-    def _log_use(self, identifier, path, data, seg, data_out, seg_out, entry) -> None:
+    def _draw_entry(self, identifier) -> tuple[Entry | None, str | None]:
+        """With probability ``probability`` one of the case's entries, read (None: the real case stays as it is)."""
+        if np.random.uniform() >= self.probability:
+            return None, None
+        paths = entry_paths(self.bank_folder, identifier)
+        if not paths:
+            return None, None
+        path = paths[np.random.randint(len(paths))]
+        try:
+            return Entry.load(path), path
+        except FileNotFoundError:  # pruned or replaced meanwhile: use the real case
+            return None, None
+        except UnreadableEntry as e:  # truncated or corrupt: set it aside, say so, use the real case
+            set_aside(path, e)
+            return None, None
+
+    def _log_load(self, identifier, path: str | None) -> None:
         usage = os.path.join(self.bank_folder, "usage")
         os.makedirs(usage, exist_ok=True)
         with open(os.path.join(usage, f"{os.getpid()}.jsonl"), "a") as f:
-            f.write(json.dumps({"case": identifier, "entry": os.path.basename(path)}) + "\n")
+            f.write(json.dumps({"case": identifier, "entry": None if path is None else os.path.basename(path)}) + "\n")
+
+    def _dump(self, identifier, data, seg, data_out, seg_out, entry: Entry) -> None:
         if self._dumped < self.dump_samples:
             self._dumped += 1
             full = (slice(None), *entry.box)
@@ -140,13 +150,26 @@ class SyntheticTumourDataset:
                          corner=entry.corner)
 
 
-def count_uses(bank_folder: str) -> int:
-    """Total overlays logged by all data-loader workers so far."""
+@dataclass(frozen=True)
+class Usage:
+    """Samples the data-loader workers loaded so far, and how many of them received an entry."""
+
+    loaded: int = 0
+    overlaid: int = 0
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.loaded - other.loaded, self.overlaid - other.overlaid)
+
+
+def count_uses(bank_folder: str) -> Usage:
+    """Samples loaded and samples overlaid by all data-loader workers so far (``usage/*.jsonl``)."""
     usage = os.path.join(bank_folder, "usage")
     if not os.path.isdir(usage):
-        return 0
-    total = 0
+        return Usage()
+    loaded = overlaid = 0
     for name in os.listdir(usage):
         with open(os.path.join(usage, name)) as f:
-            total += sum(1 for _ in f)
-    return total
+            for line in f:
+                loaded += 1
+                overlaid += '"entry": null' not in line
+    return Usage(loaded, overlaid)

@@ -28,11 +28,15 @@ import numpy as np
 import torch
 
 from nnunetv2_tumorsynth.bank.background import BackgroundGenerator
-from nnunetv2_tumorsynth.bank.overlay import SyntheticTumourDataset, count_uses
+from nnunetv2_tumorsynth.bank.overlay import SyntheticTumourDataset, Usage, count_uses
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats, entry_paths, write_preview
+from nnunetv2_tumorsynth.files import json_safe, write_json_atomic
 from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, case_slice_spacings_mm, find_ddpm_checkpoint
+from nnunetv2_tumorsynth.synthesis.statistics import MIN_TUMOURS, FoldStatistics, measure_cases
 from nnunetv2_tumorsynth.synthesis.texture import make_texture
+
+STATISTICS_JSON = "tumour_statistics.json"
 
 
 def load_texture(settings: SynthSettings, dataset: PreprocessedDataset, fold: int | str, device: str,
@@ -95,7 +99,7 @@ class SyntheticTumourTraining:
         self._totals = SynthesisStats()  # synchronous mode: what the epochs made so far
         self._reported = SynthesisStats()  # totals at the last log line
         self._waited_this_epoch = 0.0  # seconds the training loop waited for synthesis
-        self._uses_at_epoch_start = 0
+        self._uses_at_epoch_start = Usage()
         log(f"synthetic tumours: settings {asdict(settings)}; organ label {self.organ_label}, tumour label "
             f"{self.tumour_label}; bank {self.bank_folder}")
         if settings.background is None:
@@ -133,6 +137,7 @@ class SyntheticTumourTraining:
         self.dataset, self.cases = dataset_tr, list(dataset_tr.identifiers)
         samples = batch_size * iterations_per_epoch * self.settings.probability
         self.entries_per_epoch = max(1, math.ceil(samples / self.settings.reuse))
+        self._calibrate()
         removed = self.bank.remove_unfinished()
         if removed:
             self.log(f"synthetic tumours: removed {removed} unfinished entry files of an interrupted run")
@@ -163,6 +168,23 @@ class SyntheticTumourTraining:
                  f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
         return SyntheticTumourDataset(dataset_tr, self.bank_folder, s.probability, self.tumour_label,
                                       s.dump_samples)
+
+    def _calibrate(self) -> None:
+        """Measure the training cases' annotated tumours (``tumour_statistics.json`` in the output folder); with
+        size "data" the synthetic tumours are drawn from them, or from Hu et al. 2023's priors when too few."""
+        statistics = FoldStatistics(measure_cases(self.dataset, self.cases, self.organ_label, self.tumour_label,
+                                                  self.spacing))
+        write_json_atomic(json_safe(statistics.to_json()), os.path.join(self.preview_folder, STATISTICS_JSON))
+        self.log("synthetic tumours: the fold's annotated training tumours (median [10-90 %]):\n" + statistics.table())
+        if self.settings.size != "data":
+            return
+        if statistics.calibrated:
+            self.bank.synthesiser.statistics = statistics
+            self.log("synthetic tumours: size 'data': sizes" + (", contrast, grain and edges" if
+                     self.settings.texture == "heuristic" else "") + " drawn from these tumours")
+        else:
+            self.log(f"synthetic tumours: size 'data' but fewer than {MIN_TUMOURS} annotated tumours (label-free): "
+                     f"Hu et al. 2023's priors (sizes tiny to large, contrast 1-4 parenchyma SDs)")
 
     def before_epoch(self, epoch: int) -> None:
         """Synchronous: make the epoch's entries (training waits). Background: hand the generator its budget."""
@@ -203,7 +225,8 @@ class SyntheticTumourTraining:
             if smaller:
                 sizes += f" ({smaller})"
         self.log(f"synthetic tumours: {made} made (mean volume {volume}); generator busy {busy:.2f} s, "
-                 f"training waited {self._waited_this_epoch:.2f} s; {uses} training samples received one; "
+                 f"training waited {self._waited_this_epoch:.2f} s; {uses.overlaid} of {uses.loaded} samples the data "
+                 f"loaders prepared received one (prefetching included, so counts run ahead of the epoch); "
                  f"bank holds {held} entries; {sizes}")
         every = self.settings.preview_every
         if self.rank == 0 and every and (epoch + 1) % every == 0:

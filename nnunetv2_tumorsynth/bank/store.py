@@ -29,6 +29,7 @@ import numpy as np
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.figures import new_figure, save_figure
 from nnunetv2_tumorsynth.synthesis.entry import Entry, UnreadableEntry
+from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics
 from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSynthesiser
 
 BANK_SUBFOLDERS = ("usage", "dumps", "unreadable")  # bank folders that are not cases
@@ -114,12 +115,13 @@ class SynthesisBank:
     """Makes entries for training cases and keeps the newest ones per case. Runs in the trainer's process."""
 
     def __init__(self, folder: str, texture, settings: SynthSettings, spacing: tuple[float, float, float],
-                 organ_label: int, tumour_label: int, rank: int = 0):
+                 organ_label: int, tumour_label: int, rank: int = 0, statistics: FoldStatistics | None = None):
         self.folder, self.settings = folder, settings
         self.spacing = tuple(float(s) for s in spacing)
         self.organ_label, self.tumour_label, self.rank = organ_label, tumour_label, rank
         rng = np.random.default_rng(None if settings.seed is None else [settings.seed, rank])
-        self.synthesiser = TumourSynthesiser(texture, settings, self.spacing, organ_label, tumour_label, rng)
+        self.synthesiser = TumourSynthesiser(texture, settings, self.spacing, organ_label, tumour_label, rng,
+                                             statistics)
         self.unusable_cases: set[str] = set()
         self._counter = 0
         os.makedirs(folder, exist_ok=True)

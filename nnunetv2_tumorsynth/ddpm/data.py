@@ -89,6 +89,7 @@ class TrainingFold:
     training_cases: list[str]  # the fold's training cases (nnU-Net's split), sorted
     validation_cases: list[str]  # the fold's validation cases: never read
     reader: Any = field(default=None, repr=False)  # nnU-Net dataset object over training_cases only
+    organ_label: int | None = None
 
     def load_case(self, case: str) -> tuple[Any, Any]:
         """(data (C, z, y, x), seg (1, z, y, x)) of a training case; arrays may be memory-mapped."""
@@ -142,6 +143,7 @@ def open_source(
         training_cases=train,
         validation_cases=val,
         reader=dataset.reader(train),
+        organ_label=dataset.organ_label,
     )
 
 
@@ -370,3 +372,39 @@ class TumourCrops:
         aug = random_augmentation(rng, self.sources[component.source].spacing)
         image, mask = cut_crop(self._data(component), channel, component, size_before(self.crop_size, aug))
         return apply_augmentation(image, aug), apply_augmentation(mask, aug)
+
+
+def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[float]], list]:
+    """The training tumours' intensities and what they look like, read from the training cases only.
+
+    Returns ({"tumour": [q0.5, q99.5], "parenchyma": [q0.5, q99.5], "clamp": [lo, hi]}, the tumours'
+    ``synthesis.statistics.TumourStatistics``). The parenchyma is the organ within ``RING_MM`` of a tumour; the
+    clamp spans both, in the normalised intensities the model learns: samplers keep the predicted clean image in
+    it (a crop that holds fat or air must not let fills go darker than any tumour or parenchyma).
+    """
+    from scipy import ndimage
+
+    from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, measure_tumours
+
+    tumour_values, ring_values, statistics = [], [], []
+    for source in sources:
+        for case in source.training_cases:
+            data, seg = source.load_case(case)
+            image, labels = np.asarray(data[source.channel], np.float32), np.asarray(seg[0])
+            tumour = labels == source.tumour_label
+            if not tumour.any():
+                continue
+            tumour_values.append(image[tumour])
+            if source.organ_label is None:
+                continue
+            near = ndimage.distance_transform_edt(~tumour, sampling=source.spacing) <= RING_MM
+            ring_values.append(image[near & (labels == source.organ_label)])
+            statistics += measure_tumours(image, labels, source.organ_label, source.tumour_label, source.spacing, case)
+    ranges: dict[str, list[float]] = {}
+    for name, values in (("tumour", tumour_values), ("parenchyma", ring_values)):
+        values = np.concatenate(values) if values else np.zeros(0, np.float32)
+        if values.size:
+            ranges[name] = [float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))]
+    if ranges:
+        ranges["clamp"] = [min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values())]
+    return ranges, statistics

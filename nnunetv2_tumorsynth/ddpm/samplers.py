@@ -158,7 +158,7 @@ def inpaint_loop(
     needs_noise: Callable[[int], bool],
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    clip_x0: bool = True,
+    clip_x0: bool | tuple[float, float] = True,
     desc: str = "sampling",
 ) -> torch.Tensor:
     """Inpainting with any sampler ``step`` (``ddpm_step`` or ``ddim_step``) on the descending ``timesteps``.
@@ -171,11 +171,16 @@ def inpaint_loop(
     Args:
         x0: images (B, 1, z, y, x), float32; the known region (mask False) is kept as is.
         mask: (B, 1, z, y, x) bool, True = region to inpaint.
-        clip_x0: clip the predicted clean image to ``known_range`` at every step.
+        clip_x0: clip the predicted clean image at every step: True to ``known_range``, (lo, hi) to these
+            bounds (a checkpoint's recorded intensity range of its training tumours and their parenchyma), False
+            not at all.
     Returns:
         inpainted images (B, 1, z, y, x), float32, equal to ``x0`` outside the mask.
     """
-    x0_bounds = known_range(x0, mask) if clip_x0 else None
+    if isinstance(clip_x0, tuple):
+        x0_bounds = tuple(torch.full((x0.shape[0], 1, 1, 1, 1), float(v), device=x0.device) for v in clip_x0)
+    else:
+        x0_bounds = known_range(x0, mask) if clip_x0 else None
     t_first = torch.full((x0.shape[0],), timesteps[0], dtype=torch.long, device=x0.device)
     x_t = q_sample_masked(schedule, x0, mask, t_first, _standard_normal(x0, generators))  # eq. 1
     for i, t in _iterate(timesteps, progress, desc):
@@ -196,7 +201,7 @@ def ddpm_inpaint(
     steps: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    clip_x0: bool = True,
+    clip_x0: bool | tuple[float, float] = True,
 ) -> torch.Tensor:
     """Ancestral DDPM inpainting (Quinton et al. 2026, eq. 2; Ho et al. 2020, Algorithm 2 with the clamp).
 
@@ -219,7 +224,7 @@ def ddim_inpaint(
     eta: float = 0.0,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    clip_x0: bool = True,
+    clip_x0: bool | tuple[float, float] = True,
 ) -> torch.Tensor:
     """DDIM inpainting (Song et al. 2021, eq. 12) with the known region clamped after every step (eq. 2).
 
@@ -289,7 +294,7 @@ def inpaint(
     schedule: NoiseSchedule | None = None,
     autocast: bool = True,
     progress: bool = False,
-    clip_x0: bool = True,
+    clip_x0: bool | tuple[float, float] = True,
 ) -> np.ndarray | torch.Tensor:
     """Inpaint the masked region of image crops with the diffusion model (Quinton et al. 2026, section 2.2.2).
 
@@ -314,8 +319,9 @@ def inpaint(
         schedule: noise schedule; None = ``model.schedule`` if present, else the default.
         autocast: on CUDA, run the network forward under bf16 autocast (sampler arithmetic stays float32).
         progress: show a tqdm bar over the steps.
-        clip_x0: clip the predicted clean image to the known region's range widened by 50% at every step
-            (``known_range``); without it an imperfect model's samples can blow up.
+        clip_x0: clip the predicted clean image at every step: True to the known region's range widened by 50%
+            (``known_range``), (lo, hi) to fixed bounds (``DDPMTexture`` passes its checkpoint's recorded range of
+            the training tumours and their parenchyma), False not at all (an imperfect model's samples can blow up).
 
     Crop sizes that are not multiples of the model's ``size_divisor`` (2 ** (levels - 1)) are padded at the
     high end of each axis (image: edge replicate, mask: 0, i.e. known) and cropped back; no error.

@@ -49,7 +49,9 @@ import torch.distributed as dist
 from torch import nn
 
 from nnunetv2_tumorsynth.figures import new_figure, save_figure
+from nnunetv2_tumorsynth.files import json_safe
 from nnunetv2_tumorsynth.nnunet import ddpm_output_folder
+from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics
 
 from .checkpoint import check_compatible, make_metadata, read_checkpoint
 from .data import (
@@ -63,6 +65,7 @@ from .data import (
     paper_crop_size,
     rotation_planes,
     split_components,
+    tumour_intensities,
 )
 from .network import PRESETS, MaskedDiffusionUNet, build_model
 from .schedule import NoiseSchedule
@@ -224,6 +227,8 @@ class TrainingData:
     train: list[TumourComponent]
     val: list[TumourComponent]
     crop_size: tuple[int, int, int]
+    intensity_range: dict[str, list[float]]  # see ``data.tumour_intensities``
+    tumour_statistics: dict[str, Any]  # ``synthesis.statistics.FoldStatistics.to_json()``
 
 
 def _prepare_data(settings: TrainingSettings, preset: str, divisor: int) -> TrainingData:
@@ -244,7 +249,9 @@ def _prepare_data(settings: TrainingSettings, preset: str, divisor: int) -> Trai
             )
     components = find_components(sources)
     train, val = split_components(components, settings.val_fraction, settings.seed)
-    return TrainingData(sources, components, train, val, crop_size)
+    intensity_range, statistics = tumour_intensities(sources)
+    return TrainingData(sources, components, train, val, crop_size, intensity_range,
+                        json_safe(FoldStatistics(statistics).to_json()))
 
 
 def _held_out_cases(data: TrainingData, source: int) -> list[str]:
@@ -400,4 +407,6 @@ def checkpoint_metadata(model: MaskedDiffusionUNet, data: TrainingData, records:
         val_fraction=settings.val_fraction,
         val_timesteps=[int((k + 0.5) * model.schedule.num_train_timesteps / VAL_TIMESTEPS)
                        for k in range(VAL_TIMESTEPS)],
+        intensity_range=data.intensity_range,
+        tumour_statistics=data.tumour_statistics,
     )

@@ -18,7 +18,7 @@ from scipy import stats
 
 from nnunetv2_tumorsynth.figures import new_figure, save_figure
 from nnunetv2_tumorsynth.files import atomic_path, json_safe, write_json_atomic
-from nnunetv2_tumorsynth.inspection.features import (
+from nnunetv2_tumorsynth.synthesis.features import (
     FEATURES,
     TEXTURE_FEATURES,
     sphericity_method,
@@ -135,7 +135,7 @@ def markdown_report(comparisons: list[FeatureComparison], real_name: str, synthe
               f"({', '.join(TEXTURE_FEATURES)}): {_fmt(mean_ks(comparisons, TEXTURE_FEATURES), 3)} "
               "(0 = same distributions; lower = closer to the real tumours).", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["", "Definitions: see `nnunetv2_tumorsynth.inspection.realism` (README: tumorsynth_realism).", ""]
+    lines += ["", "Definitions: see `nnunetv2_tumorsynth.synthesis.features` (docs/inspection.md).", ""]
     return "\n".join(lines)
 
 

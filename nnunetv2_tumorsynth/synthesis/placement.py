@@ -59,13 +59,10 @@ def place_tumour(
     spacing: mm per array axis; the default (1, 1, 1) makes all distances voxel counts.
     min_inside_fraction: fraction of the tumour's voxels that must lie inside the organ; 1.0 puts the
         whole tumour inside; lower values let it bulge out of the organ (clip it with ``clip_to_organ``),
-        with its deepest voxel still in a cell of the organ. Default 0.8, also ``SynthSettings``'
-        default: on a real MR liver cut by the field of view to 60 mm in z, 98 % of paper-size tumours
-        (semi-axes N(27, 4.5) mm) are placed at their drawn size at 0.8, 23 % at 1.0, and the median
-        equivalent radius after clipping is 25.6 mm for 26.3 mm drawn (``benchmarks/bench_placement_real.py``,
-        with the synthesis bank's padding of the array, below). The tumour's box must still lie inside
+        with its deepest voxel still in a cell of the organ. Default 0.8 (measured on a real MR liver:
+        docs/benchmarks.md). The tumour's box must still lie inside
         the array: where the field of view cuts the organ, pad ``organ`` and ``forbidden`` by the
-        tumour's box first (``SynthesisBank`` does), or a tumour taller than the array never fits.
+        tumour's box first (``place_random_tumour`` does), or a tumour taller than the array never fits.
     margin_mm: smallest distance in mm between the tumour and forbidden voxels (default 5 mm); 0 only
         forbids overlap.
     max_tries: how many random candidates are checked exactly in each of the two candidate sets.
@@ -154,13 +151,15 @@ def place_random_tumour(
     min_inside_fraction: float,
     margin_mm: float,
     draws_per_size: int = 2,
+    shape_overrides: dict | None = None,
 ) -> PlacedTumour | None:
     """Draw a tumour mask and place it in ``organ``; fall back to ``SMALLER_SIZES`` when it does not fit.
 
     Tries ``draws_per_size`` draws of the requested preset, then of each smaller one; None when nothing fits.
     A tumour may bulge out of the organ, or out of the array where the field of view cuts the organ, by up to
     ``1 - min_inside_fraction`` of its voxels; that part is clipped away. Arrays share one axis order;
-    ``spacing`` is mm per axis.
+    ``spacing`` is mm per axis. ``shape_overrides`` (e.g. ``semi_axes_mm``, ``amplitude_mm``) go to
+    ``random_tumour_mask`` for the requested preset's draws, not for the smaller fallbacks.
     """
     from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # imports torch: only when used
 
@@ -171,7 +170,8 @@ def place_random_tumour(
     requested_radius_mm = None
     for preset in (size, *SMALLER_SIZES):
         for _ in range(draws_per_size):
-            mask = random_tumour_mask(spacing, deformation, preset, rng=rng)
+            overrides = (shape_overrides or {}) if preset == size else {}
+            mask = random_tumour_mask(spacing, deformation, preset, rng=rng, **overrides)
             if requested_radius_mm is None:
                 requested_radius_mm = equivalent_radius_mm(mask, spacing)
             # Place in the organ's box grown by one tumour box per side, padded beyond the array as outside the

@@ -95,7 +95,7 @@ SIZE_PRESETS: dict[str, SizePreset] = {
     "large": SizePreset(32.0, (5.0, 10.0)),
 }
 MIX_SIZES = ("tiny", "small", "medium", "large")
-SIZES = (*SIZE_PRESETS, "mix")  # every size a setting or a command accepts
+SIZES = ("data", *SIZE_PRESETS, "mix")  # every size a setting or a command accepts ("data": synthesis.statistics)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from nnunetv2_tumorsynth.synthesis.entry import Entry, MassEffectRegion
 from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
 from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES, place_random_tumour
 from nnunetv2_tumorsynth.synthesis.shape import DEFORMATIONS, SIZES, equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, TumourDraw
 from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
@@ -27,7 +28,9 @@ SAMPLERS = ("ddim", "ddpm")
 class TumourSettings:
     """How one synthetic tumour is drawn, placed and filled (shared by the trainers and ``tumorsynth_generate``).
 
-    deformation / size: mask shape, see ``synthesis.shape.random_tumour_mask``.
+    deformation / size: mask shape, see ``synthesis.shape.random_tumour_mask``; size "data" (default) draws the
+        size, and for the heuristic texture the contrast, grain and edge, from the fold's annotated tumours
+        (``synthesis.statistics``), or from Hu et al. 2023's priors (size "mix") when the fold has too few.
     texture: "ddpm" (the diffusion model of ``tumorsynth_pretrain_ddpm``) or "heuristic" (Hu et al. 2023).
     heuristic_polarity: heuristic texture only: "either", "darker" or "brighter" (``texture.HeuristicTexture``).
     ddpm_steps / ddpm_sampler: sampling of the diffusion model.
@@ -43,7 +46,7 @@ class TumourSettings:
     """
 
     deformation: str | None = "simplex"
-    size: str = "paper"
+    size: str = "data"
     texture: str = "ddpm"
     heuristic_polarity: str = "either"
     ddpm_steps: int = 50
@@ -86,6 +89,7 @@ class _Job:
     size: str | None = None
     size_requested: str | None = None
     requested_radius_mm: float | None = None
+    draw: TumourDraw | None = None  # calibrated parameters (size "data" with fold statistics)
     box: list[list[int]] = field(default_factory=list)
 
 
@@ -93,8 +97,9 @@ class TumourSynthesiser:
     """Draws, places and fills synthetic tumours in one case's arrays with ``rng``; the texture runs batched."""
 
     def __init__(self, texture, settings: TumourSettings, spacing: Sequence[float], organ_label: int,
-                 tumour_label: int, rng: np.random.Generator):
+                 tumour_label: int, rng: np.random.Generator, statistics: FoldStatistics | None = None):
         self.texture, self.settings, self.rng = texture, settings, rng
+        self.statistics = statistics if statistics is not None and statistics.calibrated else None
         self.spacing = tuple(float(s) for s in spacing)
         self.organ_label, self.tumour_label = organ_label, tumour_label
         self.mass_effect = MassEffect(settings.mass_effect) if settings.mass_effect > 0 else None
@@ -109,15 +114,23 @@ class TumourSynthesiser:
         forbidden = labels == self.tumour_label
         if self.settings.avoid_vessels:
             forbidden |= vessel_mask_from_intensity(image, organ, self.spacing)
-        placed = place_random_tumour(organ, forbidden, self.spacing, self.rng, size=self.settings.size,
+        size, draw, overrides = self.settings.size, None, None
+        if size == "data" and self.statistics is not None:
+            draw = self.statistics.draw(self.rng)
+            size, overrides = draw.preset, {"semi_axes_mm": draw.semi_axes_mm}
+            if self.settings.deformation is not None:
+                overrides["amplitude_mm"] = draw.amplitude_mm
+        elif size == "data":  # no fold statistics (label-free): Hu et al. 2023's sizes
+            size = "mix"
+        placed = place_random_tumour(organ, forbidden, self.spacing, self.rng, size=size,
                                      deformation=self.settings.deformation,
                                      min_inside_fraction=self.settings.min_inside_fraction,
-                                     margin_mm=self.settings.margin_mm)
+                                     margin_mm=self.settings.margin_mm, shape_overrides=overrides)
         if placed is None:
             raise NoRoom(f"case {case}: organ label {self.organ_label} too small for even a '{SMALLER_SIZES[-1]}' "
                          f"tumour")
         return _Job(case, image, labels, organ, placed.corner, placed.mask, placed.size, self.settings.size,
-                    placed.requested_radius_mm)
+                    placed.requested_radius_mm, draw if placed.size == size else None)
 
     def synthesise(self, case: str, data, seg) -> Entry:
         """One new tumour in one case, planned and filled; raises ``NoRoom``."""
@@ -189,8 +202,8 @@ class TumourSynthesiser:
             filled = list(self.texture.fill(np.stack(crops), np.stack(masks), np.stack(parenchymas), self.rng,
                                             spacing=self.spacing))
         else:
-            filled = [self.texture.fill(c[None], m[None], o[None], self.rng, spacing=self.spacing)[0]
-                      for c, m, o in zip(crops, masks, parenchymas)]
+            filled = [self.texture.fill(c[None], m[None], o[None], self.rng, spacing=self.spacing, draws=[j.draw])[0]
+                      for c, m, o, j in zip(crops, masks, parenchymas, jobs)]
         return [self._entry(*args) for args in zip(jobs, filled, masks, originals, regions)]
 
     def _entry(self, job: _Job, crop: np.ndarray, mask: np.ndarray, before: np.ndarray,

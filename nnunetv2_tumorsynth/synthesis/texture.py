@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
+from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 
@@ -41,12 +42,21 @@ class DDPMTexture:
         return tuple(int(v) for v in self.metadata["crop_size_vox"])
 
     def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator,
-             spacing: Sequence[float] | None = None) -> np.ndarray:
+             spacing: Sequence[float] | None = None, draws=None) -> np.ndarray:
+        """Inpaint each mask of (B, 1, z, y, x) crops; the texture is the model's (``draws`` are not used)."""
         from nnunetv2_tumorsynth.ddpm import inpaint
 
         seed = int(rng.integers(2**31))
         return inpaint(self.model, images, masks, steps=self.steps, sampler=self.sampler, seed=seed,
-                       batch_size=self.batch_size, device=self.device)
+                       batch_size=self.batch_size, device=self.device, clip_x0=self.x0_range or True)
+
+    @property
+    def x0_range(self) -> tuple[float, float] | None:
+        """The range the sampler clamps the predicted clean image to: the training tumours' and their parenchyma's
+        intensities (0.5 to 99.5 %), as the checkpoint records them; None for checkpoints that do not (the crop's
+        own range widened by 50 % is used then)."""
+        bounds = self.metadata.get("intensity_range", {}).get("clamp")
+        return None if bounds is None else (float(bounds[0]), float(bounds[1]))
 
 
 POLARITIES = {"darker": [-1.0], "brighter": [1.0], "either": [-1.0, 1.0]}  # signs of the tumour contrast
@@ -64,10 +74,7 @@ class HeuristicTexture:
     which sign: "either" (default) with equal probability, as MR liver tumours can be either; "darker" as
     Hu et al. 2023 draw it, mu_t ~ U(30, mu_p - 10) HU, 0.5 to 4 SDs of CT liver parenchyma (about 20 HU),
     and as HCC washes out in the portal venous and delayed phases; "brighter" for arterial-phase
-    hyperenhancement. Measured in the benefit benchmark (README, "Does it help?"): with "either" a small
-    network trained for 2,500 iterations learnt the brighter tumours only, not one darker tumour of its
-    own bank; with "darker" it found every darker tumour but marked many specks of dark noise as tumour
-    (76 false-positive lesions per case) and its Dice did not rise, so "either" stays the default.
+    hyperenhancement. What each polarity did in the benefit benchmark: docs/benchmarks.md.
 
     Grain, texture blur, edge blur and the capsule are in mm and converted per axis with the crop's
     spacing (Hu et al. 2023, Table 1, give them in voxels of CT of about 1 mm, so their voxel values are
@@ -91,14 +98,19 @@ class HeuristicTexture:
                              f"{list(POLARITIES)}, got {self.polarity!r}")
 
     def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator,
-             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+             spacing: Sequence[float] = (1.0, 1.0, 1.0),
+             draws: Sequence[TumourDraw | None] | None = None) -> np.ndarray:
         """Fill each mask of (B, 1, z, y, x) crops; ``organs``: the parenchyma label (no tumours) per crop;
-        ``spacing``: mm per axis (z, y, x). Voxels outside each mask are returned bit-identical."""
+        ``spacing``: mm per axis (z, y, x); ``draws``: per crop, the tumour's parameters calibrated to the fold's
+        tumours (``synthesis.statistics``), or None for Hu et al. 2023's priors. Voxels outside each mask are
+        returned bit-identical."""
         spacing = np.asarray(check_spacing(spacing), float)
         out = images.copy()
         for b in range(images.shape[0]):
-            out[b, 0] = self._fill_one(images[b, 0], masks[b, 0].astype(bool), organs[b, 0].astype(bool), rng,
-                                       spacing)
+            draw = None if draws is None else draws[b]
+            fill = self._fill_one if draw is None else self._fill_calibrated
+            args = (images[b, 0], masks[b, 0].astype(bool), organs[b, 0].astype(bool), rng, spacing)
+            out[b, 0] = fill(*args) if draw is None else fill(*args, draw)
         return out
 
     def parenchyma_statistics(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
@@ -114,6 +126,35 @@ class HeuristicTexture:
         values = image[mask]
         return float(values.mean()), float(values.std()) + 1e-3
 
+    def _texture(self, image: np.ndarray, mean: float, sd: float, grain_mm: float, rng: np.random.Generator,
+                 spacing: np.ndarray) -> np.ndarray:
+        """Gaussian noise N(mean, sd) on a grid of grain_mm cells, scaled up (cubic) and blurred (Hu et al. 2023,
+        eq. 3)."""
+        coarse = [max(2, min(n, int(np.ceil(n * s / grain_mm)))) for n, s in zip(image.shape, spacing)]
+        noise = rng.normal(mean, sd, coarse).astype(np.float32)
+        texture = ndimage.zoom(noise, [n / c for n, c in zip(image.shape, coarse)], order=3)[
+            : image.shape[0], : image.shape[1], : image.shape[2]]
+        return ndimage.gaussian_filter(texture, self.texture_blur_mm / spacing)
+
+    def _fill_calibrated(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, rng: np.random.Generator,
+                         spacing: np.ndarray, draw: TumourDraw) -> np.ndarray:
+        """The tumour's mean at ``draw.contrast_sd`` ring SDs from its parenchyma ring, the SD inside the mask at
+        ``draw.internal_sd`` ring SDs, a blurred edge of ``draw.edge_blur_mm``; no capsule (the fold's tumours
+        set the look; see ``synthesis.statistics``)."""
+        distance_mm = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        ring = organ & ~mask & (distance_mm <= RING_MM)
+        if ring.sum() > 20:
+            organ_mean, organ_sd = float(image[ring].mean()), float(image[ring].std()) + 1e-3
+        else:
+            organ_mean, organ_sd = self.parenchyma_statistics(image, mask, organ, spacing)
+        texture = self._texture(image, 0.0, 1.0, rng.uniform(*self.grain_mm), rng, spacing)
+        inside = texture[mask]
+        texture = (texture - inside.mean()) / (inside.std() + 1e-6) * draw.internal_sd * organ_sd
+        texture += organ_mean + draw.contrast_sd * organ_sd
+        weight = ndimage.gaussian_filter(mask.astype(np.float32), draw.edge_blur_mm / spacing) * mask
+        filled = (1.0 - weight) * image + weight * texture
+        return np.where(mask, filled.astype(image.dtype), image)
+
     def _fill_one(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, rng: np.random.Generator,
                   spacing: np.ndarray) -> np.ndarray:
         # random parameters, drawn in one place
@@ -124,11 +165,7 @@ class HeuristicTexture:
         capsule = rng.uniform() < self.capsule_probability
 
         # texture: Gaussian noise N(mu_t, sigma_p) on a grid of grain_mm cells, scaled up (cubic) and blurred
-        coarse = [max(2, min(n, int(np.ceil(n * s / grain_mm)))) for n, s in zip(image.shape, spacing)]
-        noise = rng.normal(organ_mean + contrast * organ_sd, organ_sd, coarse).astype(np.float32)
-        texture = ndimage.zoom(noise, [n / c for n, c in zip(image.shape, coarse)], order=3)[
-            : image.shape[0], : image.shape[1], : image.shape[2]]
-        texture = ndimage.gaussian_filter(texture, self.texture_blur_mm / spacing)  # Hu et al. 2023, eq. 3
+        texture = self._texture(image, organ_mean + contrast * organ_sd, organ_sd, grain_mm, rng, spacing)
 
         # blend weight: blurred mask, kept inside the mask so the outside is untouched (Hu et al. 2023, eq. 4)
         weight = ndimage.gaussian_filter(mask.astype(np.float32), edge_sigma_mm / spacing) * mask

@@ -1,0 +1,107 @@
+"""Tumour statistics of a fold and the calibrated draws made from them (synthesis.statistics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnunetv2_tumorsynth.bank.settings import SynthSettings
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths
+from nnunetv2_tumorsynth.synthesis.entry import Entry
+from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, measure_tumours
+from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
+
+SPACING = (2.0, 1.0, 1.0)
+SHAPE = (30, 80, 80)
+
+
+def ball(centre, radius_mm):
+    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE, SPACING)], indexing="ij")
+    return sum((g - c * s) ** 2 for g, c, s in zip(grids, centre, SPACING)) <= radius_mm**2
+
+
+def liver_with_tumours(rng, contrast_sd: float, radius_mm: float):
+    """A liver (label 1, mean 0, SD 1) with three tumours (label 2) of ``contrast_sd`` and ``radius_mm``."""
+    organ = ball((15, 40, 40), 34.0)
+    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32) * organ - 3.0 * ~organ
+    labels = organ.astype(np.uint8)
+    for centre in ((15, 30, 28), (15, 52, 40), (15, 32, 54)):
+        tumour = ball(centre, radius_mm) & organ
+        image[tumour] += contrast_sd
+        labels[tumour] = 2
+    return image, labels
+
+
+def test_measured_contrast_size_and_depth():
+    image, labels = liver_with_tumours(np.random.default_rng(0), -1.5, 6.0)
+    rows = measure_tumours(image, labels, 1, 2, SPACING, "case")
+    assert len(rows) == 3
+    for row in rows:
+        assert row.contrast_sd == pytest.approx(-1.5, abs=0.3)
+        assert row.internal_sd == pytest.approx(1.0, abs=0.25)
+        assert row.radius_mm == pytest.approx(6.0, rel=0.15)
+        assert min(row.axis_ratios) > 0.7, "a ball is round"
+        assert 8.0 < row.depth_mm < 34.0
+
+
+def test_draws_follow_the_fold_and_are_a_function_of_the_generator():
+    image, labels = liver_with_tumours(np.random.default_rng(0), -1.5, 6.0)
+    statistics = FoldStatistics(measure_tumours(image, labels, 1, 2, SPACING))
+    assert statistics.calibrated
+    draws = [statistics.draw(np.random.default_rng(seed)) for seed in range(200)]
+    assert all(d.contrast_sd <= 0 for d in draws), "darker tumours only: never a brighter synthetic one"
+    radii = [np.prod(d.semi_axes_mm) ** (1 / 3) for d in draws]
+    assert np.median(radii) == pytest.approx(6.0, rel=0.15) and max(radii) < 12.0
+    assert statistics.draw(np.random.default_rng(7)) == statistics.draw(np.random.default_rng(7))
+    assert FoldStatistics.from_json(statistics.to_json()).tumours == statistics.tumours
+    assert not FoldStatistics(statistics.tumours[:2]).calibrated, "two tumours are too few to draw from"
+
+
+def test_calibrated_heuristic_bank_makes_tumours_like_the_real_ones(tmp_path):
+    rng = np.random.default_rng(1)
+    image, labels = liver_with_tumours(rng, -1.5, 6.0)
+    statistics = FoldStatistics(measure_tumours(image, labels, 1, 2, SPACING))
+
+    class OneCase:
+        def load_case(self, identifier):
+            return image[None], labels[None], None, {}
+
+    settings = SynthSettings(texture="heuristic", size="data", seed=0, margin_mm=2.0)
+    bank = SynthesisBank(str(tmp_path), HeuristicTexture(), settings, SPACING, 1, 2, statistics=statistics)
+    made = bank.generate(OneCase(), ["case0"] * 1, 8, epoch=0)
+    assert made.made == 8
+    contrasts, radii = [], []
+    for path in entry_paths(str(tmp_path), "case0"):
+        entry = Entry.load(path)
+        synthetic = image.copy()
+        synthetic_labels = labels.copy()
+        entry.paste_into(synthetic)
+        synthetic_labels[entry.box][entry.mask] = 3
+        row = measure_tumours(synthetic, synthetic_labels, 1, 3, SPACING)[0]
+        contrasts.append(row.contrast_sd)
+        radii.append(equivalent_radius_mm(entry.mask, SPACING))
+    assert all(c < 0 for c in contrasts), contrasts
+    assert np.median(contrasts) == pytest.approx(-1.5, abs=0.5)
+    assert np.median(radii) == pytest.approx(6.0, rel=0.3)
+
+
+def test_ddpm_fills_stay_inside_the_recorded_intensity_range(tmp_path):
+    """An untrained model inpaints noise; the sampler clamps x0 to the checkpoint's range, not the crop's (which
+    here reaches -5, 'fat'), so no fill value lies outside the recorded range."""
+    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
+    from nnunetv2_tumorsynth.synthesis.texture import make_texture
+
+    model = build_model("tiny")
+    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
+                         normalisation={"scheme": "ZScoreNormalization"},
+                         intensity_range={"tumour": [-2.0, 0.5], "parenchyma": [-1.5, 1.5], "clamp": [-2.0, 1.5]})
+    texture = make_texture("ddpm", checkpoint=str(save_checkpoint(tmp_path / "m.pth", model, meta)), ddpm_steps=5)
+    rng = np.random.default_rng(0)
+    crops = rng.normal(0.0, 1.0, (2, 1, 16, 32, 32)).astype(np.float32)
+    crops[:, :, :, :4] = -5.0  # fat at the crop's edge
+    masks = np.zeros(crops.shape, bool)
+    masks[:, :, 5:11, 10:22, 10:22] = True
+    filled = texture.fill(crops, masks, ~masks, rng)
+    assert np.array_equal(filled[~masks], crops[~masks])
+    assert filled[masks].min() >= -2.0 - 1e-5 and filled[masks].max() <= 1.5 + 1e-5
