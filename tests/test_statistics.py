@@ -105,3 +105,18 @@ def test_ddpm_fills_stay_inside_the_recorded_intensity_range(tmp_path):
     filled = texture.fill(crops, masks, ~masks, rng)
     assert np.array_equal(filled[~masks], crops[~masks])
     assert filled[masks].min() >= -2.0 - 1e-5 and filled[masks].max() <= 1.5 + 1e-5
+
+
+def test_fidelity_check_warns_about_contrast_and_clamped_fills():
+    from dataclasses import replace
+
+    from nnunetv2_tumorsynth.synthesis.statistics import fidelity_check
+
+    image, labels = liver_with_tumours(np.random.default_rng(0), -1.5, 6.0)
+    real = FoldStatistics(measure_tumours(image, labels, 1, 2, SPACING))
+    alike = fidelity_check(real, real.tumours, clamp_share=0.0)
+    assert alike.warnings == [] and "contrast_sd" in alike.table()
+    brighter = [replace(t, contrast_sd=t.contrast_sd + 2.5) for t in real.tumours]
+    off = fidelity_check(real, brighter, clamp_share=0.05)
+    assert len(off.warnings) == 2
+    assert "median contrast (+1." in off.warnings[0] and "5.0 %" in off.warnings[1]

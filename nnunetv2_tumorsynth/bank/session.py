@@ -33,10 +33,19 @@ from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats, entry_paths, write_preview
 from nnunetv2_tumorsynth.files import json_safe, write_json_atomic
 from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, case_slice_spacings_mm, find_ddpm_checkpoint
-from nnunetv2_tumorsynth.synthesis.statistics import MIN_TUMOURS, FoldStatistics, measure_cases
+from nnunetv2_tumorsynth.synthesis.entry import Entry, UnreadableEntry
+from nnunetv2_tumorsynth.synthesis.statistics import (
+    MIN_TUMOURS,
+    FidelityCheck,
+    FoldStatistics,
+    fidelity_check,
+    measure_cases,
+    measure_tumours,
+)
 from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
 STATISTICS_JSON = "tumour_statistics.json"
+FIDELITY_ENTRIES = 16  # the fidelity check runs once the bank holds this many entries
 
 
 def load_texture(settings: SynthSettings, dataset: PreprocessedDataset, fold: int | str, device: str,
@@ -100,6 +109,8 @@ class SyntheticTumourTraining:
         self._reported = SynthesisStats()  # totals at the last log line
         self._waited_this_epoch = 0.0  # seconds the training loop waited for synthesis
         self._uses_at_epoch_start = Usage()
+        self.statistics: FoldStatistics | None = None
+        self.fidelity: FidelityCheck | None = None  # made once the bank holds FIDELITY_ENTRIES entries
         log(f"synthetic tumours: settings {asdict(settings)}; organ label {self.organ_label}, tumour label "
             f"{self.tumour_label}; bank {self.bank_folder}")
         if settings.background is None:
@@ -163,6 +174,7 @@ class SyntheticTumourTraining:
                 s.background_threads, s.background_nice, self.device)
         else:
             how = f"then {self.entries_per_epoch} new entries at the start of every epoch (synchronous)"
+        self.check_fidelity()
         self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.busy_seconds:.1f} s (bank held "
                  f"{held} "
                  f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
@@ -174,6 +186,7 @@ class SyntheticTumourTraining:
         size "data" the synthetic tumours are drawn from them, or from Hu et al. 2023's priors when too few."""
         statistics = FoldStatistics(measure_cases(self.dataset, self.cases, self.organ_label, self.tumour_label,
                                                   self.spacing))
+        self.statistics = statistics
         write_json_atomic(json_safe(statistics.to_json()), os.path.join(self.preview_folder, STATISTICS_JSON))
         self.log("synthetic tumours: the fold's annotated training tumours (median [10-90 %]):\n" + statistics.table())
         if self.settings.size != "data":
@@ -185,6 +198,38 @@ class SyntheticTumourTraining:
         else:
             self.log(f"synthetic tumours: size 'data' but fewer than {MIN_TUMOURS} annotated tumours (label-free): "
                      f"Hu et al. 2023's priors (sizes tiny to large, contrast 1-4 parenchyma SDs)")
+
+    def check_fidelity(self) -> None:
+        """Once the bank holds ``FIDELITY_ENTRIES`` entries: measure them as the real tumours are measured, log the
+        comparison, and warn when the synthetic tumours differ from the real ones (``statistics.fidelity_check``)."""
+        if self.fidelity is not None or self.rank != 0 or not self.statistics or not self.statistics.tumours:
+            return
+        paths = sorted((p for c in self.cases for p in entry_paths(self.bank_folder, c)), key=os.path.basename)
+        if len(paths) < FIDELITY_ENTRIES:
+            return
+        synthetic, at_bounds, fill_voxels = [], 0, 0
+        bounds = getattr(self.texture, "x0_range", None)
+        for path in paths[-2 * FIDELITY_ENTRIES:]:
+            try:
+                entry = Entry.load(path)
+            except (FileNotFoundError, UnreadableEntry):
+                continue
+            data, seg = self.dataset.load_case(entry.case)[:2]
+            image, labels = np.array(data[0], np.float32), np.array(seg[0])
+            entry.paste_into(image)
+            synthetic_label = int(labels.max()) + 1
+            labels[entry.box][entry.mask] = synthetic_label
+            synthetic += measure_tumours(image, labels, self.organ_label, synthetic_label, self.spacing, entry.case)
+            if bounds is not None:
+                values = entry.values[entry.mask]
+                tolerance = 1e-3 * (bounds[1] - bounds[0])
+                at_bounds += int(np.sum((values <= bounds[0] + tolerance) | (values >= bounds[1] - tolerance)))
+                fill_voxels += values.size
+        self.fidelity = fidelity_check(self.statistics, synthetic, at_bounds / fill_voxels if fill_voxels else None)
+        self.log(f"synthetic tumours: fidelity check, {len(synthetic)} synthetic tumours against the "
+                 f"{len(self.statistics.tumours)} annotated ones (medians, KS statistic):\n" + self.fidelity.table())
+        for warning in self.fidelity.warnings:
+            self.log(f"synthetic tumours: WARNING {warning}")
 
     def before_epoch(self, epoch: int) -> None:
         """Synchronous: make the epoch's entries (training waits). Background: hand the generator its budget."""
@@ -228,6 +273,7 @@ class SyntheticTumourTraining:
                  f"training waited {self._waited_this_epoch:.2f} s; {uses.overlaid} of {uses.loaded} samples the data "
                  f"loaders prepared received one (prefetching included, so counts run ahead of the epoch); "
                  f"bank holds {held} entries; {sizes}")
+        self.check_fidelity()
         every = self.settings.preview_every
         if self.rank == 0 and every and (epoch + 1) % every == 0:
             png = os.path.join(self.preview_folder, f"synthetic_tumours_epoch{epoch:04d}.png")

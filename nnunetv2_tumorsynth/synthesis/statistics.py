@@ -163,3 +163,51 @@ class FoldStatistics:
     @classmethod
     def from_json(cls, payload: dict) -> FoldStatistics:
         return cls(TumourStatistics(**{**t, "axis_ratios": tuple(t["axis_ratios"])}) for t in payload["tumours"])
+
+
+FIDELITY_FEATURES = ("radius_mm", "contrast_sd", "internal_sd", "border_gradient_sd")
+MAX_CONTRAST_GAP_SD = 1.0  # fidelity warning: synthetic median contrast this far from the real one
+MAX_CLAMP_SHARE = 0.01  # fidelity warning: this share of DDPM fill voxels at the clamp bounds
+
+
+@dataclass
+class FidelityCheck:
+    """Synthetic tumours against the fold's real ones: medians and the two-sample KS statistic per feature, the
+    share of fill voxels at the sampler's clamp bounds (DDPM), and what is off (``warnings``)."""
+
+    rows: list[dict]
+    clamp_share: float | None
+    warnings: list[str]
+
+    def table(self) -> str:
+        lines = [f"  {'feature':20s} {'real':>8s} {'synthetic':>10s} {'KS':>6s}"]
+        lines += [f"  {r['feature']:20s} {r['real']:8.2f} {r['synthetic']:10.2f} {r['ks']:6.2f}" for r in self.rows]
+        if self.clamp_share is not None:
+            lines.append(f"  DDPM fill voxels at the clamp bounds: {100 * self.clamp_share:.2f} %")
+        return "\n".join(lines)
+
+
+def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
+                   clamp_share: float | None = None) -> FidelityCheck:
+    """Compare synthetic tumours (measured as the real ones are) with the fold's annotated tumours."""
+    from scipy import stats
+
+    rows = []
+    for feature in FIDELITY_FEATURES:
+        a = np.array([getattr(t, feature) for t in real.tumours], float)
+        b = np.array([getattr(t, feature) for t in synthetic], float)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if a.size and b.size:
+            rows.append({"feature": feature, "real": float(np.median(a)), "synthetic": float(np.median(b)),
+                         "ks": float(stats.ks_2samp(a, b).statistic)})
+    warnings = []
+    contrast = next((r for r in rows if r["feature"] == "contrast_sd"), None)
+    if contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
+        warnings.append(f"the synthetic tumours' median contrast ({contrast['synthetic']:+.2f} parenchyma SDs) is "
+                        f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): train "
+                        f"the diffusion model longer, use size 'data' (calibration), or another texture")
+    if clamp_share is not None and clamp_share > MAX_CLAMP_SHARE:
+        warnings.append(f"{100 * clamp_share:.1f} % of the diffusion fills' voxels sit at the clamp bounds (more than "
+                        f"{100 * MAX_CLAMP_SHARE:g} %): the model is not yet making tumour texture; train it longer "
+                        f"(tumorsynth_pretrain_ddpm --c) or use nnUNetTrainerSynthTumorHeuristic")
+    return FidelityCheck(rows, clamp_share, warnings)
