@@ -7,6 +7,10 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    ``Scarce`` (``--train`` cases, only ``--annotated`` of them with tumours, the others tumour-free),
    ``Full`` (every training case with tumours) and ``Free`` (no tumour at all: the label-free setting of
    Hu et al. 2023). ``nnUNetv2_plan_and_preprocess`` and ``tumorsynth_tiny_plans`` (same plans for all).
+   With ``--data real_mr`` the three datasets (same ids, same Scarce / Full / Free split, one shared test set)
+   come instead from ``real_mr_dataset.write_real_mr_dataset``: augmented copies of one real abdominal MR with
+   1-3 hypointense liver lesions of 4-16 mm equivalent radius drawn by that script's own recipe (not the
+   project's synthesis): anatomy and lesions the project did not draw. All its lesions are darker than the liver.
 2. ``tumorsynth_pretrain_ddpm`` on the Scarce training tumours (tiny preset, CPU).
 3. Arms, each trained ``--runs`` times (independent runs: different random initialisation and augmentation)
    with the same plans and the same iteration budget (``-tr ..._<E>epochs``, 250 iterations per epoch):
@@ -36,7 +40,7 @@ Run::
 
     python benchmarks/bench_benefit.py [--workdir /tmp/bench_benefit] [--runs 3] [--epochs 10] \\
         [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full] \\
-        [--heuristic-polarity either|darker|brighter]
+        [--heuristic-polarity either|darker|brighter] [--data phantom|real_mr] [--real-mr-source DIR]
 
 Measured: see the README section "Does it help?" (the figures, the command and the machine).
 """
@@ -77,15 +81,34 @@ def sh(cmd: list[str], env: dict, log: str) -> float:
 def make_datasets(env: dict, args: argparse.Namespace, log: str) -> None:
     for name, dataset_id in DATASETS.items():
         annotated = {"Scarce": args.annotated, "Full": args.train, "Free": 0}[name]
-        for cmd in phantom_commands(
-                dataset_id,
-                phantom=["--name", name, "-n", str(args.train), "--n-test", str(args.test), "--tumour-cases",
-                         str(annotated), "--tumour-free-every", "0", "--seed", str(args.seed), "--test-seed",
-                         str(args.seed + 1000)],
-                plan=["--verify_dataset_integrity"],
-                tiny_plans=["--features", *map(str, args.features), "--patch", *map(str, args.patch), "--batch",
-                            str(args.batch)]):
+        commands = phantom_commands(
+            dataset_id,
+            phantom=["--name", name, "-n", str(args.train), "--n-test", str(args.test), "--tumour-cases",
+                     str(annotated), "--tumour-free-every", "0", "--seed", str(args.seed), "--test-seed",
+                     str(args.seed + 1000)],
+            plan=["--verify_dataset_integrity"],
+            tiny_plans=["--features", *map(str, args.features), "--patch", *map(str, args.patch), "--batch",
+                        str(args.batch)])
+        if args.data == "real_mr":  # written in-process instead of tumorsynth_make_phantom; same planning after
+            write_real_mr(env, args, name, dataset_id, annotated, log)
+            commands = commands[1:]
+        for cmd in commands:
             sh(cmd, env, log)
+
+
+def write_real_mr(env: dict, args: argparse.Namespace, name: str, dataset_id: int, annotated: int, log: str) -> None:
+    """One dataset of real_mr_dataset.py (the workdir is the benchmark's own: an existing one is replaced)."""
+    from real_mr_dataset import DEFAULT_SOURCE, summary, write_real_mr_dataset
+
+    call = (f"write_real_mr_dataset({env['nnUNet_raw']!r}, {dataset_id}, {name!r}, n_train={args.train}, "
+            f"n_annotated={annotated}, n_test={args.test}, seed={args.seed}, test_seed={args.seed + 1000})")
+    print("$", call, flush=True)
+    start = time.perf_counter()
+    folder = write_real_mr_dataset(env["nnUNet_raw"], dataset_id, name, args.train, annotated, args.test, args.seed,
+                                   args.seed + 1000, overwrite=True, source_dir=args.real_mr_source or DEFAULT_SOURCE)
+    print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+    with open(log, "a") as f:
+        f.write(f"$ {call}\n{summary(folder)}\n")
 
 
 def run_env(env: dict, workdir: str, run: int) -> dict:
@@ -171,6 +194,12 @@ def main() -> None:
     parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
                         help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (the test set uses seed + 1000)")
+    parser.add_argument("--data", choices=("phantom", "real_mr"), default="phantom",
+                        help="datasets: phantoms (tumorsynth_make_phantom) or augmented copies of one real MR with "
+                             "independently drawn lesions (benchmarks/real_mr_dataset.py)")
+    parser.add_argument("--real-mr-source", metavar="DIR", default=None,
+                        help="folder of mr_abdomen.nii.gz and mr_abdomen_seg.nii.gz (--data real_mr; default "
+                             "../shared/data/real_mr beside the repository)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing --workdir: skip finished steps")
     args = parser.parse_args()
     if "plain" not in args.arms:
@@ -179,7 +208,18 @@ def main() -> None:
     work = os.path.abspath(args.workdir)
     if os.path.exists(work) and not args.reuse:
         shutil.rmtree(work)
+    data_file = os.path.join(work, "data.txt")  # which datasets this workdir holds: --reuse must not mix them
+    held = None
+    if os.path.isfile(data_file):
+        with open(data_file) as f:
+            held = f.read().strip()
+    elif os.path.isdir(os.path.join(work, "nnUNet_raw", f"Dataset{DATASETS['Scarce']}_Scarce")):
+        held = "phantom"  # a workdir from before --data
+    if held is not None and held != args.data:
+        parser.error(f"{work} holds --data {held} datasets; use another --workdir or drop --reuse")
     env = nnunet_env(work)
+    with open(data_file, "w") as f:
+        f.write(args.data)
     env.update(nnUNet_n_proc_DA="2", nnUNet_def_n_proc="1", nnUNet_compile="false")
     env["nnUNet_extTrainer"] = trainers_path(env)
     settings_files = {}  # arm: its TUMORSYNTH_SETTINGS file
@@ -265,8 +305,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     print(f"{args.runs} run(s) per arm, {args.epochs} x 250 iterations, plans {args.features} patch {args.patch}; "
-          f"test set: {args.test} cases; this invocation {total / 60:.1f} min; all steps (trainings, predictions, "
-          f"DDPM pretraining, including earlier --reuse invocations) {sum(timings.values()) / 60:.1f} min")
+          f"data {args.data}, test set: {args.test} cases; this invocation {total / 60:.1f} min; all steps (trainings, "
+          f"predictions, DDPM pretraining, including earlier --reuse invocations) {sum(timings.values()) / 60:.1f} min")
     with open(os.path.join(work, "benefit.json"), "w") as f:
         json.dump({"args": vars(args), "rows": rows, "timings_s": timings, "total_s": total, "table": table}, f,
                   indent=2)

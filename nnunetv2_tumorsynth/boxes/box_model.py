@@ -84,8 +84,13 @@ class BoxModel(NamedTuple):
 def find_model(settings: PseudolabelSettings) -> BoxModel:
     """The trained box-guided model that ``settings`` names (checked to exist)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_results
 
-    name = dataset_name(settings.dataset)
+    try:
+        name = dataset_name(settings.dataset)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's multi-line "Could not find a dataset with the ID ..."
+        raise PseudolabelError(f"dataset {settings.dataset}: {str(e).split('. ')[0]} in nnUNet_results="
+                               f"{nnUNet_results!r}; check -d (the dataset the box-guided model was trained on)") from e
     folder = model_folder(name, settings.trainer, settings.plans, settings.configuration)
     if not os.path.isfile(os.path.join(folder, "dataset.json")):
         raise PseudolabelError(f"{folder} holds no trained model. Train it first: nnUNetv2_train {settings.dataset} "

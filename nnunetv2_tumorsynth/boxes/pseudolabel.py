@@ -45,7 +45,9 @@ from nnunetv2_tumorsynth.boxes import (
 from nnunetv2_tumorsynth.boxes.box_model import BoxModel, find_model, load_predictor, pick_device
 from nnunetv2_tumorsynth.boxes.pseudolabel_settings import PseudolabelError, PseudolabelSettings, UnreadableImage
 from nnunetv2_tumorsynth.files import (
+    CorruptFile,
     atomic_path,
+    check_complete,
     existing_datasets,
     new_raw_dataset,
     write_dataset_json,
@@ -132,18 +134,33 @@ def pseudolabel_case(case: BoxCase, predictor, organ: int, tumour: int, margin_m
     }
 
 
-def cases_with_images(cases: list[BoxCase], log: Logger) -> tuple[list[BoxCase], list[tuple[BoxCase, str]]]:
-    """(cases whose image files all exist, (case, file) for each missing file); the missing ones are logged."""
+def cases_with_images(cases: list[BoxCase], log: Logger) -> tuple[list[BoxCase], list[tuple[BoxCase, str]],
+                                                                    list[dict]]:
+    """(cases whose image files all exist and are complete, (case, file) for each missing file, a failure record
+    for each case with a truncated or corrupt image). Missing and corrupt ones are logged and skipped: SimpleITK would
+    read a truncated .nii.gz with zeros past the cut, and --as-dataset would copy it."""
     missing = [(c, f) for c in cases for f in c.image_files if not os.path.isfile(f)]
     if missing:
         log(f"WARNING: {len(missing)} image file(s) missing; these cases are skipped:")
         for c, f in missing:
             log(f"  {c.case_id} ({c.source}): {f}")
     missing_ids = {c.case_id for c, _ in missing}
-    todo = [c for c in cases if c.case_id not in missing_ids]
+    todo, corrupt = [], []
+    for case in cases:
+        if case.case_id in missing_ids:
+            continue
+        try:
+            for path in case.image_files:
+                check_complete(path)
+        except CorruptFile as e:
+            corrupt.append({"case": case.case_id, "source": case.source, "error": str(e)})
+            log(f"ERROR {case.case_id} ({case.source}): {e}; this case is skipped")
+            continue
+        todo.append(case)
     if not todo:
-        raise PseudolabelError("none of the cases has its image file(s); check -i")
-    return todo, missing
+        first = corrupt[0]["error"] if corrupt else f"{missing[0][1]} does not exist"
+        raise PseudolabelError(f"none of the {len(cases)} case(s) has complete image file(s), e.g. {first}; check -i")
+    return todo, missing, corrupt
 
 
 def pseudolabel_cases(cases: list[BoxCase], predictor, organ: int, tumour: int, margin_mm: float | None, out: str,
@@ -259,7 +276,7 @@ def _pseudolabel_into(out: str, staged: bool, settings: PseudolabelSettings, mod
     _prepare_output_folder(out, cases, ending, settings)
     log = Logger(None if staged else os.path.join(out, "pseudolabel_log.txt"))
 
-    todo, missing = cases_with_images(cases, log)
+    todo, missing, corrupt = cases_with_images(cases, log)
     missing_ids = {c.case_id for c, _ in missing}
 
     device = pick_device(settings.device)
@@ -277,6 +294,7 @@ def _pseudolabel_into(out: str, staged: bool, settings: PseudolabelSettings, mod
 
     results, failed = pseudolabel_cases(todo, predictor, organ, tumour, settings.margin_mm, out, ending,
                                         settings.save_boxes, log)
+    failed = corrupt + failed
 
     summary = {"settings": record, "cases": results, "failed": failed,
                "missing_images": [{"case": c.case_id, "source": c.source, "file": f} for c, f in missing]}

@@ -6,7 +6,13 @@ Usage::
         [-l 2 | -l tumour ...] [--tolerance-mm 5] [--min-overlap 0] [--size-bins-mm 5 10 20]
         [--lesion-labels tumour ...] [-np 4] -o REPORT_FOLDER [--overwrite] [--allow-missing]
 
-Argument parsing and one call of :func:`nnunetv2_tumorsynth.evaluation.evaluate_folders`.
+Without a dataset.json (none given with -djfile, none in -pred or beside -ref) the label values of ``-l`` are the
+labels, and the file ending is inferred from the files of -ref, as with ``nnUNetv2_evaluate_simple -l``.
+
+Argument parsing and one call of :func:`nnunetv2_tumorsynth.evaluation.evaluate_folders`. Errors are one line
+on stderr and nothing is written: exit code 1 when an input file is unusable (truncated, corrupt or unreadable,
+or holding label values that dataset.json or -l does not declare), 2 for anything else (arguments, dataset.json,
+folders, geometry mismatches, missing cases).
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ import argparse
 
 from nnunetv2.configuration import default_num_processes
 
-from nnunetv2_tumorsynth.evaluation import DEFAULT_SIZE_BINS_MM, evaluate_folders
+from nnunetv2_tumorsynth.evaluation import DEFAULT_SIZE_BINS_MM, UndeclaredLabelValues, evaluate_folders
+from nnunetv2_tumorsynth.files import CorruptFile
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(line.strip() for line in str(error).splitlines())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-baseline", nargs="+", action="extend", default=[], metavar="BASELINE_FOLDER",
                         help="prediction folder(s) to compare with; cases are paired by file name")
     parser.add_argument("-djfile", default=None, help="dataset.json (labels, file ending); default: dataset.json in "
-                        "-pred, else in the parent of -ref")
+                        "-pred, else in the parent of -ref, else none (then -l gives the label values)")
     parser.add_argument("-l", nargs="+", action="extend", default=None, metavar="LABEL",
-                        help="labels to evaluate, by name or value (default: every foreground label)")
+                        help="labels to evaluate, by name or value (default: every foreground label); without a "
+                        "dataset.json, the label values of the files besides background 0")
     parser.add_argument("--tolerance-mm", type=float, default=5.0, help="surface Dice tolerance in mm (default 5)")
     parser.add_argument("--min-overlap", type=float, default=0.0,
                         help="fraction of a reference lesion's voxels that must be predicted for it to count as "
@@ -56,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
                          size_bins_mm=args.size_bins_mm, lesion_labels=args.lesion_labels, num_processes=args.np,
                          output_folder=args.o, overwrite=args.overwrite, allow_missing=args.allow_missing,
                          verbose=True)
+    except (CorruptFile, UndeclaredLabelValues) as error:
+        parser.exit(1, f"tumorsynth_evaluate: error: {one_line(error)}\n")
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        parser.exit(2, f"tumorsynth_evaluate: error: {error}\n")
+        parser.exit(2, f"tumorsynth_evaluate: error: {one_line(error)}\n")
 
 
 if __name__ == "__main__":

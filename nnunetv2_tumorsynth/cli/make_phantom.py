@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 
 from nnunetv2.paths import nnUNet_raw
 
 from nnunetv2_tumorsynth.phantom import PhantomSettings, write_phantom_dataset
+
+# Smallest field of view per axis that holds the phantom's organ with its 4-11 mm tumours (16 x 32 x 32 voxels at
+# the default 3.0 x 1.5 x 1.5 mm; 16 x 16 x 16 voxels give an organ too small for any tumour).
+MIN_EXTENT_MM = 48.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="Phantom", help="dataset name after the id (default Phantom)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
-                        help="volume size in voxels (default 32 64 64)")
+                        help="volume size in voxels (default 32 64 64; at least 16 32 32)")
     parser.add_argument("--tumour-cases", type=int, default=None, metavar="K",
                         help="scarce-tumour setting: only the first K training cases have (annotated) tumours, the "
                         "others are tumour-free (0: no tumours at all, label-free training)")
@@ -31,11 +36,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="seed of the test cases alone, so datasets differing only in training share a test set")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     args = parser.parse_args(argv)
-    if not nnUNet_raw:
-        parser.error("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
+    if args.n < 1:
+        parser.error(f"-n {args.n}: the dataset needs at least 1 training case")
+    if args.n_test < 0:
+        parser.error(f"--n-test {args.n_test}: the number of test cases cannot be negative")
     settings = PhantomSettings()
     if args.shape:
+        extent_mm = [n * s for n, s in zip(args.shape, settings.spacing)]
+        if min(extent_mm) < MIN_EXTENT_MM:
+            smallest = [math.ceil(MIN_EXTENT_MM / s) for s in settings.spacing]
+            parser.error(f"--shape {' '.join(map(str, args.shape))} is too small for an organ with tumours: at "
+                         f"{' x '.join(f'{s:g}' for s in settings.spacing)} mm per voxel each axis must span "
+                         f"{MIN_EXTENT_MM:g} mm (--shape {' '.join(map(str, smallest))} or larger)")
         settings = replace(settings, shape=tuple(args.shape))
+    if not nnUNet_raw:
+        parser.error("nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
     if args.tumour_free_every is not None:
         settings = replace(settings, tumour_free_every=args.tumour_free_every)
     try:

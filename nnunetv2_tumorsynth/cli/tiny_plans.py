@@ -19,11 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("-p", default="nnUNetPlans", help="source plans identifier (default nnUNetPlans)")
     parser.add_argument("-o", default=TINY_PLANS, help=f"new plans identifier (default {TINY_PLANS})")
-    parser.add_argument("--features", type=int, nargs=3, default=(4, 8, 16))
+    parser.add_argument("--features", type=int, nargs=3, default=(4, 8, 16),
+                        help="features per stage of the 3-stage U-Net (default 4 8 16)")
     parser.add_argument("--patch", type=int, nargs=3, default=(16, 32, 32), metavar=("Z", "Y", "X"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    for flag, values in (("--features", args.features), ("--patch", args.patch), ("--batch", [args.batch])):
+        if min(values) < 1:
+            parser.error(f"{flag} {' '.join(map(str, values))}: every value must be at least 1")
     try:
         out = write_tiny_plans(args.d, args.c, args.p, args.o, tuple(args.features), tuple(args.patch), args.batch,
                                args.overwrite)

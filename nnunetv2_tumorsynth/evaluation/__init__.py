@@ -11,10 +11,10 @@ Chen et al. 2024 (detection of small tumours)::
     summary["folders"]["pred_synth"]["mean"]["2"]["dice"]
 """
 
-from nnunetv2_tumorsynth.evaluation.folders import MissingCasesError, evaluate_folders
+from nnunetv2_tumorsynth.evaluation.folders import MissingCasesError, UndeclaredLabelValues, evaluate_folders
 from nnunetv2_tumorsynth.evaluation.lesions import DEFAULT_SIZE_BINS_MM, match_lesions
 from nnunetv2_tumorsynth.evaluation.metrics import METRICS, LabelMetrics, label_metrics
 from nnunetv2_tumorsynth.evaluation.statistics import paired_tests
 
-__all__ = ["DEFAULT_SIZE_BINS_MM", "METRICS", "LabelMetrics", "MissingCasesError", "evaluate_folders",
-           "label_metrics", "match_lesions", "paired_tests"]
+__all__ = ["DEFAULT_SIZE_BINS_MM", "METRICS", "LabelMetrics", "MissingCasesError", "UndeclaredLabelValues",
+           "evaluate_folders", "label_metrics", "match_lesions", "paired_tests"]

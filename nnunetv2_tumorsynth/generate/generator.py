@@ -82,8 +82,28 @@ from nnunetv2_tumorsynth.generate.source import GenerationSource
 from nnunetv2_tumorsynth.generate.staging import Staging, copy_real_case, link_or_copy, write_case
 from nnunetv2_tumorsynth.log import Logger
 from nnunetv2_tumorsynth.synthesis.entry import Entry
-from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES
+from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES, SIZE_PRESETS, TumourShape
 from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSynthesiser
+
+PAPER_MAX_SEMI_AXIS_MM = 40.5  # the "paper" size draw's upper clip (shape.draw_tumour_shape's semi_axis_range_mm)
+
+
+def largest_tumour_box(size: str, deformation: str | None, spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Voxels per axis of the largest tumour box the size preset can draw (``"mix"``: its largest preset).
+
+    Per axis the deformed tumour reaches at most (largest semi-axis + largest displacement) mm from its centre
+    voxel (``shape.render_uncropped``), so its box holds at most 2 floor(reach / spacing) + 1 voxels.
+    """
+    presets = MIX_SIZES if size == "mix" else (size,)
+    reach_mm = 0.0
+    for name in presets:
+        preset = SIZE_PRESETS[name]
+        semi_axis = PAPER_MAX_SEMI_AXIS_MM if name == "paper" else 1.25 * preset.radius_mm
+        widest = TumourShape(semi_axes_mm=(semi_axis,) * 3, deformation=deformation,
+                             amplitude_mm=preset.amplitude_range_mm[1],
+                             simplex_lambda_per_mm=1.0, simplex_offsets=(), elastic_smoothing_mm=1.0, elastic_seed=0)
+        reach_mm = max(reach_mm, semi_axis + widest.max_displacement_mm())
+    return tuple(2 * int(reach_mm / s) + 1 for s in spacing)
 
 
 class Generator:
@@ -113,6 +133,7 @@ class Generator:
                                                          settings.checkpoint, settings.batch_size)
         except ValueError as e:
             raise GenerateError(f"diffusion model does not fit {self.source.name} {settings.configuration}: {e}") from e
+        self._check_tumours_fit_crop()
         self.checkpoint_sha256 = sha256_of(self.checkpoint) if self.checkpoint else None
         self.staging = Staging(self.source.raw_root, self.full_name)
         self.synthesiser = TumourSynthesiser(self.texture, settings, self.source.spacing, self.source.organ_label,
@@ -132,6 +153,20 @@ class Generator:
         if self.num_images < 1:
             raise GenerateError("the number of images must be at least 1")
         self.width = max(4, len(str(self.num_images - 1)))
+
+    def _check_tumours_fit_crop(self) -> None:
+        """Refuse, before anything is written, a size preset whose tumours can outgrow the diffusion model's crop
+        (``--replace-real`` keeps real tumours larger than the crop real instead)."""
+        crop = self.texture.crop_size
+        if crop is None or self.settings.replace_real:
+            return
+        box = largest_tumour_box(self.settings.size, self.settings.deformation, self.source.spacing)
+        if any(b > c for b, c in zip(box, crop)):
+            raise GenerateError(
+                f"--size {self.settings.size} draws tumours of up to {box} voxels at {self.source.name}'s spacing "
+                f"{tuple(self.source.spacing)} mm, larger than the diffusion model's context crop {tuple(crop)} voxels "
+                f"({self.checkpoint}); pass a smaller --size, or train a model with a larger crop: "
+                f"tumorsynth_pretrain_ddpm --crop Z Y X")
 
     def image_name(self, index: int, case: str) -> str:
         """``<source case>_synth<index>`` (``_replaced<index>`` with ``replace_real``)."""

@@ -6,23 +6,76 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_tumorsynth.files import CorruptFile, check_complete, read_image
 from nnunetv2_tumorsynth.generate.normalisation import InverseNormalisation, inverse_normalisation
 from nnunetv2_tumorsynth.generate.raw_grid import SourceCase, transposed_and_cropped
 from nnunetv2_tumorsynth.generate.settings import SUPPORTED_NORMALISATIONS, GenerateError, GenerateSettings
+
+
+def corrupt_raw_file(path: str, case: str, error: Exception) -> GenerateError:
+    """The error for a truncated or undecodable raw file. Restoring the file is the fix: re-running
+    nnUNetv2_plan_and_preprocess on it would bake the damage into the preprocessed data."""
+    cause = error.__cause__ or error
+    lines = str(cause).strip().splitlines()
+    reason = f"{type(cause).__name__}: {lines[-1][:200]}" if lines else type(cause).__name__
+    return GenerateError(f"raw file {path} of case {case} is corrupt ({reason}); restore it from the original data, "
+                         f"then run tumorsynth_generate again")
+
+
+def read_raw_file(path: str, case: str) -> sitk.Image:
+    """A raw image or label of ``case``, checked to be complete; GenerateError naming it when it is not."""
+    try:
+        return read_image(path)
+    except CorruptFile as e:
+        raise corrupt_raw_file(path, case, e) from e
+
+
+def read_raw_header(path: str, case: str) -> sitk.ImageFileReader:
+    """A raw file's header (size, spacing, origin, direction), after checking that the whole file is complete."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        check_complete(path)
+        reader.ReadImageInformation()
+    except (CorruptFile, RuntimeError) as e:
+        raise corrupt_raw_file(path, case, e) from e
+    return reader
+
+
+def check_same_geometry(image_file: str, image: sitk.Image | sitk.ImageFileReader, label_file: str,
+                        label: sitk.Image | sitk.ImageFileReader) -> None:
+    """Refuse a label whose size, spacing, origin or direction differs from its image's (nnU-Net's tolerance):
+    the new dataset would fail ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity``."""
+    for what, a, b in (("size", image.GetSize(), label.GetSize()), ("spacing", image.GetSpacing(), label.GetSpacing()),
+                       ("origin", image.GetOrigin(), label.GetOrigin()),
+                       ("direction", image.GetDirection(), label.GetDirection())):
+        if len(a) != len(b) or not np.allclose(a, b):
+            raise GenerateError(f"label {label_file} has {what} {tuple(b)} but its image {image_file} has "
+                                f"{tuple(a)}; fix the label's geometry (nnU-Net would refuse the dataset)")
 
 
 class GenerationSource:
     """The source dataset, plans, configuration and fold: where every file is and how it was preprocessed."""
 
     def __init__(self, settings: GenerateSettings):
-        from nnunetv2.paths import nnUNet_raw
+        from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
-        from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, preprocessed_folder
+        from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, dataset_name, preprocessed_folder
 
-        self.dataset = PreprocessedDataset.open(settings.dataset, settings.plans, settings.configuration,
-                                                settings.organ_label, settings.tumour_label)
+        try:
+            name = dataset_name(settings.dataset)
+        except (RuntimeError, ValueError) as e:  # nnU-Net's multi-line "Could not find a dataset with the ID ..."
+            raise GenerateError(f"dataset {settings.dataset}: {str(e).split('. ')[0]} in nnUNet_raw={nnUNet_raw!r} "
+                                f"or nnUNet_preprocessed={nnUNet_preprocessed!r}; check -d, or plan it first: "
+                                f"nnUNetv2_plan_and_preprocess -d {settings.dataset}") from e
+        try:
+            self.dataset = PreprocessedDataset.open(name, settings.plans, settings.configuration,
+                                                    settings.organ_label, settings.tumour_label)
+        except (KeyError, ValueError) as e:  # no such configuration; no recognisable organ or tumour label (the
+            raise GenerateError(f"{name}: {e.args[0] if e.args else e}") from e  # message says: --organ-label ...
         self.name = self.dataset.name
         self.plans_manager, self.configuration_manager = self.dataset.plans_manager, self.dataset.configuration_manager
         self.dataset_json = self.dataset.dataset_json
@@ -77,11 +130,12 @@ class GenerationSource:
         for path in (image_file, label_file):
             if not os.path.isfile(path):
                 raise GenerateError(f"raw file {path} of case {case} is missing")
-        raw_image, raw_label = sitk.ReadImage(image_file), sitk.ReadImage(label_file)
+        raw_image, raw_label = read_raw_file(image_file, case), read_raw_file(label_file, case)
+        check_same_geometry(image_file, raw_image, label_file, raw_label)
         raw_array, raw_label_array = sitk.GetArrayFromImage(raw_image), sitk.GetArrayFromImage(raw_label)
-        if raw_array.ndim != 3 or raw_array.shape != raw_label_array.shape:
-            raise GenerateError(f"case {case}: image {raw_array.shape} and label {raw_label_array.shape} must be 3D "
-                                f"arrays of one shape")
+        if raw_array.ndim != 3:
+            raise GenerateError(f"case {case}: raw image {image_file} has {raw_array.ndim} dimensions; "
+                                f"tumorsynth_generate needs 3D images")
         expected = [int(properties["shape_before_cropping"][i]) for i in self.plans_manager.transpose_backward]
         if list(raw_array.shape) != expected:
             raise GenerateError(f"case {case}: raw image {image_file} has shape {raw_array.shape} but was "

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from nnunetv2_tumorsynth.files import atomic_path, write_json_atomic
 from nnunetv2_tumorsynth.generate.raw_grid import SourceCase
 from nnunetv2_tumorsynth.generate.settings import SETTINGS_JSON, GenerateError
+from nnunetv2_tumorsynth.generate.source import GenerationSource, check_same_geometry, read_raw_header
 
 
 def write_case(folder: str, case: str, image: np.ndarray, label: np.ndarray, source: SourceCase,
@@ -28,8 +29,13 @@ def write_case(folder: str, case: str, image: np.ndarray, label: np.ndarray, sou
             sitk.WriteImage(out, tmp, True)
 
 
-def copy_real_case(folder: str, source, case: str) -> None:
+def copy_real_case(folder: str, source: GenerationSource, case: str) -> None:
+    """A real training case copied unchanged, after checking that both files are complete and share one geometry."""
     image_file, label_file = source.files(case)
+    for path in (image_file, label_file):
+        if not os.path.isfile(path):
+            raise GenerateError(f"raw file {path} of case {case} is missing")
+    check_same_geometry(image_file, read_raw_header(image_file, case), label_file, read_raw_header(label_file, case))
     for src, dst in ((image_file, os.path.join(folder, "imagesTr", f"{case}_0000{source.file_ending}")),
                      (label_file, os.path.join(folder, "labelsTr", f"{case}{source.file_ending}"))):
         with atomic_path(dst) as tmp:

@@ -32,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunetv2_tumorsynth.files import read_image
 from nnunetv2_tumorsynth.generate.settings import RECORDS_JSON
 from nnunetv2_tumorsynth.generate.settings import SETTINGS_JSON as GENERATE_SETTINGS_JSON
 from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, organ_and_tumour_labels
@@ -93,8 +94,9 @@ def dataset_cases(folder: str) -> list[str]:
 
 
 def read_sitk(path: str) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, ...]]:
-    """(array (z, y, x), spacing (z, y, x) mm, direction) of an image file."""
-    image = sitk.ReadImage(path)
+    """(array (z, y, x), spacing (z, y, x) mm, direction) of an image file; ``files.CorruptFile`` (a ValueError
+    naming it) when it is truncated or cannot be decoded, instead of SimpleITK's zeros past a truncation."""
+    image = read_image(path)
     return sitk.GetArrayFromImage(image), tuple(float(s) for s in image.GetSpacing()[::-1]), image.GetDirection()
 
 

@@ -226,9 +226,9 @@ def realism(synthetic: str, out_folder: str, *, real: str | None = None, source:
     synthetic: a dataset written by ``tumorsynth_generate`` (folder, id or name; its synthetic tumours are
     found through its record, see ``preview.synthetic_components``), or a synthesis bank folder (or the
     trainer's fold folder holding it). real: the raw dataset of the real tumours (default: the generated
-    dataset's source dataset). For a bank the real tumours are those of the preprocessed cases of the bank's
-    dataset and configuration (same intensity scale as the entries; ``real`` is not used). source: the raw
-    dataset of the source images if the record's paths moved. shell_mm: organ reference restricted to a shell
+    dataset's source dataset). For a bank the real tumours are those of the preprocessed training cases
+    of the bank's fold (same intensity scale as the entries; ``real`` is not used; validation cases are never
+    read). source: the raw dataset of the source images if the record's paths moved. shell_mm: organ reference restricted to a shell
     around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into ``out_folder``
     (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
     """
@@ -245,8 +245,12 @@ def realism(synthetic: str, out_folder: str, *, real: str | None = None, source:
         preprocessed = readers.bank_dataset(bank, dataset, configuration, plans_identifier, organ_label, tumour_label)
         synthetic_rows = items_features(readers.bank_items(bank, preprocessed), shell_mm, progress,
                                         "synthetic tumours")
-        real_rows = items_features(readers.preprocessed_real_items(preprocessed), shell_mm, progress, "real tumours")
-        real_name = f"{preprocessed.name} preprocessed ({preprocessed.configuration}, {preprocessed.plans_identifier})"
+        fold = os.path.basename(os.path.dirname(os.path.abspath(bank)))
+        cases = preprocessed.fold_cases(fold[len("fold_"):])[0] if fold.startswith("fold_") else None
+        real_rows = items_features(readers.preprocessed_real_items(preprocessed, cases), shell_mm, progress,
+                                   "real tumours")
+        real_name = (f"{preprocessed.name} preprocessed ({preprocessed.configuration}, {preprocessed.plans_identifier}"
+                     f"{f', training cases of {fold}' if cases is not None else ''})")
         synthetic_name = f"bank {bank}"
         notes.append("intensities are nnU-Net's normalised ones (bank entries live in the preprocessed space)")
     elif kind == "generated":

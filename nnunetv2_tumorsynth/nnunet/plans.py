@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import os
 
+from nnunetv2.paths import nnUNet_preprocessed
+
 from nnunetv2_tumorsynth.files import write_json_atomic
 from nnunetv2_tumorsynth.nnunet.dataset import dataset_name, load_plans, preprocessed_folder
 
@@ -27,6 +29,9 @@ def make_tiny_plans(
     """
     if len(features) != 3:
         raise ValueError("tiny plans use exactly 3 stages: give 3 feature counts")
+    if min(features) < 1 or min(patch_size) < 1 or batch_size < 1:
+        raise ValueError(f"features {tuple(features)}, patch size {tuple(patch_size)} and batch size {batch_size} must "
+                         f"be positive")
     if configuration not in plans["configurations"]:
         raise KeyError(f"configuration {configuration!r} is not in the plans; available: "
                        f"{sorted(plans['configurations'])}")
@@ -66,7 +71,12 @@ def write_tiny_plans(dataset: str | int, configuration: str = "3d_fullres", sour
                      overwrite: bool = False) -> str:
     """Write ``<plans_name>.json`` beside the dataset's ``<source_plans>.json`` (see ``make_tiny_plans``);
     refuses to replace an existing file unless ``overwrite``. Returns its path."""
-    name = dataset_name(dataset)
+    try:
+        name = dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's multi-line "Could not find a dataset with the ID ..."
+        raise FileNotFoundError(f"dataset {dataset}: {str(e).split('. ')[0]} in nnUNet_preprocessed="
+                                f"{nnUNet_preprocessed!r}; check -d, or plan it first: nnUNetv2_plan_and_preprocess "
+                                f"-d {dataset}") from e
     out = os.path.join(preprocessed_folder(name), plans_name + ".json")
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
