@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from nnunetv2_tumorsynth.inspection import realism
+from nnunetv2_tumorsynth.inspection.realism import compare
 from nnunetv2_tumorsynth.synthesis.features import (
     boundary_gradient,
     image_features,
@@ -17,7 +18,6 @@ from nnunetv2_tumorsynth.synthesis.features import (
     tumour_features,
     voxel_face_area_mm2,
 )
-from nnunetv2_tumorsynth.inspection.realism import compare
 
 SPACINGS = [(1.0, 1.0, 1.0), (3.0, 1.5, 1.5)]
 

@@ -229,8 +229,8 @@ def realism(synthetic: str, out_folder: str, *, real: str | None = None, source:
     dataset's source dataset). For a bank the real tumours are those of the preprocessed training cases
     of the bank's fold (same intensity scale as the entries; ``real`` is not used; validation cases are never
     read). source: the raw dataset of the source images if the record's paths moved. shell_mm: organ reference
-    restricted to a shell around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into ``out_folder``
-    (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
+    restricted to a shell around each tumour. Writes realism.json / .md / _features.csv / _histograms.png into
+    ``out_folder`` (refused when realism.json exists there, unless ``overwrite``) and returns the JSON content.
     """
     from nnunetv2_tumorsynth.inspection import items as readers
 
