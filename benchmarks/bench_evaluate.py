@@ -115,7 +115,8 @@ def main() -> None:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunetv2_tumorsynth.evaluation import label_metrics
-    from nnunetv2_tumorsynth.evaluation.folders import CaseJob, evaluate_case
+    from nnunetv2_tumorsynth.evaluation.folders import evaluate_case
+    from nnunetv2_tumorsynth.evaluation.inputs import CaseJob
     from nnunetv2_tumorsynth.evaluation.metrics import monai_whole_volume
 
     torch.set_num_threads(args.threads)

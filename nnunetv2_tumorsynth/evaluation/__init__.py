@@ -11,7 +11,8 @@ Chen et al. 2024 (detection of small tumours)::
     summary["folders"]["pred_synth"]["mean"]["2"]["dice"]
 """
 
-from nnunetv2_tumorsynth.evaluation.folders import MissingCasesError, UndeclaredLabelValues, evaluate_folders
+from nnunetv2_tumorsynth.evaluation.folders import MissingCasesError, evaluate_folders
+from nnunetv2_tumorsynth.evaluation.inputs import UndeclaredLabelValues
 from nnunetv2_tumorsynth.evaluation.lesions import DEFAULT_SIZE_BINS_MM, match_lesions
 from nnunetv2_tumorsynth.evaluation.metrics import METRICS, LabelMetrics, label_metrics
 from nnunetv2_tumorsynth.evaluation.statistics import paired_tests
