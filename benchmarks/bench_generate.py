@@ -82,7 +82,8 @@ def time_images(texture: str, images: int, steps: int = 250, checkpoint: str | N
     from nnunetv2_tumorsynth.generate.settings import GenerateSettings
     from nnunetv2_tumorsynth.generate.staging import write_case
 
-    settings = GenerateSettings(dataset=PHANTOM_ID, as_dataset=989, plans=TINY_PLANS, texture=texture, ddpm_steps=steps,
+    settings = GenerateSettings(dataset=PHANTOM_ID, as_dataset=989, plans=TINY_PLANS, texture=texture,
+                                size="small", ddpm_steps=steps,
                                 checkpoint=checkpoint, device=device, seed=0, num_images=images + 1)
     generator = Generator(settings, log=lambda _: None)
     out = tempfile.mkdtemp(prefix="bench_generate_")

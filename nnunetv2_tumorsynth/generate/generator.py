@@ -83,18 +83,20 @@ from nnunetv2_tumorsynth.generate.staging import Staging, copy_real_case, link_o
 from nnunetv2_tumorsynth.log import Logger
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES, SIZE_PRESETS, TumourShape
+from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, measure_cases
 from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSynthesiser
 
 PAPER_MAX_SEMI_AXIS_MM = 40.5  # the "paper" size draw's upper clip (shape.draw_tumour_shape's semi_axis_range_mm)
 
 
 def largest_tumour_box(size: str, deformation: str | None, spacing: tuple[float, ...]) -> tuple[int, ...]:
-    """Voxels per axis of the largest tumour box the size preset can draw (``"mix"``: its largest preset).
+    """Voxels per axis of the largest tumour box the size preset can draw (``"mix"``: its largest preset; ``"data"``
+    without fold statistics as ``"mix"``, which the synthesiser then draws).
 
     Per axis the deformed tumour reaches at most (largest semi-axis + largest displacement) mm from its centre
     voxel (``shape.render_uncropped``), so its box holds at most 2 floor(reach / spacing) + 1 voxels.
     """
-    presets = MIX_SIZES if size == "mix" else (size,)
+    presets = MIX_SIZES if size in ("mix", "data") else (size,)
     reach_mm = 0.0
     for name in presets:
         preset = SIZE_PRESETS[name]
@@ -132,12 +134,16 @@ class Generator:
             self.texture, self.checkpoint = load_texture(settings, self.source.dataset, settings.fold, settings.device,
                                                          settings.checkpoint, settings.batch_size)
         except ValueError as e:
-            raise GenerateError(f"diffusion model does not fit {self.source.name} {settings.configuration}: {e}") from e
+            raise GenerateError(str(e)) from e
+        self.statistics = FoldStatistics(measure_cases(self.source.dataset, self.source.training_cases,
+                                                       self.source.organ_label, self.source.tumour_label,
+                                                       self.source.spacing))
         self._check_tumours_fit_crop()
         self.checkpoint_sha256 = sha256_of(self.checkpoint) if self.checkpoint else None
         self.staging = Staging(self.source.raw_root, self.full_name)
         self.synthesiser = TumourSynthesiser(self.texture, settings, self.source.spacing, self.source.organ_label,
-                                             self.source.tumour_label, np.random.default_rng(settings.seed))
+                                             self.source.tumour_label, np.random.default_rng(settings.seed),
+                                             self.statistics)
         if settings.replace_real:
             self.cases = self.source.cases_with(self.source.tumour_label)
             if not self.cases:
@@ -160,13 +166,28 @@ class Generator:
         crop = self.texture.crop_size
         if crop is None or self.settings.replace_real:
             return
-        box = largest_tumour_box(self.settings.size, self.settings.deformation, self.source.spacing)
+        if self.settings.size == "data" and self.statistics.calibrated:
+            box = self._largest_calibrated_box()
+        else:
+            box = largest_tumour_box(self.settings.size, self.settings.deformation, self.source.spacing)
         if any(b > c for b, c in zip(box, crop)):
             raise GenerateError(
                 f"--size {self.settings.size} draws tumours of up to {box} voxels at {self.source.name}'s spacing "
                 f"{tuple(self.source.spacing)} mm, larger than the diffusion model's context crop {tuple(crop)} voxels "
                 f"({self.checkpoint}); pass a smaller --size, or train a model with a larger crop: "
                 f"tumorsynth_pretrain_ddpm --crop Z Y X")
+
+    def _largest_calibrated_box(self, draws: int = 1000) -> tuple[int, ...]:
+        """Voxels per axis of the largest tumour box among ``draws`` calibrated draws (a fixed generator)."""
+        rng = np.random.default_rng(0)
+        reach_mm = 0.0
+        for _ in range(draws):
+            draw = self.statistics.draw(rng)
+            shape = TumourShape(semi_axes_mm=draw.semi_axes_mm, deformation=self.settings.deformation,
+                                amplitude_mm=draw.amplitude_mm, simplex_lambda_per_mm=1.0, simplex_offsets=(),
+                                elastic_smoothing_mm=1.0, elastic_seed=0)
+            reach_mm = max(reach_mm, max(draw.semi_axes_mm) + shape.max_displacement_mm())
+        return tuple(2 * int(reach_mm / s) + 1 for s in self.source.spacing)
 
     def image_name(self, index: int, case: str) -> str:
         """``<source case>_synth<index>`` (``_replaced<index>`` with ``replace_real``)."""
@@ -301,6 +322,10 @@ class Generator:
                 f"{self.settings.texture}" + (f" ({self.checkpoint}, sha256 {self.checkpoint_sha256}, "
                                               f"{self.settings.ddpm_steps} {self.settings.ddpm_sampler.upper()} steps)"
                                               if self.checkpoint else ""))
+            log("the fold's annotated training tumours (median [10-90 %]):\n" + self.statistics.table())
+            if self.settings.size == "data":
+                log("size 'data': " + ("tumours drawn from these" if self.statistics.calibrated else
+                                       "too few annotated tumours, Hu et al. 2023's priors (sizes tiny to large)"))
             if self.settings.include_real:
                 self._copy_real()
             todo = [i for i in range(self.num_images) if not os.path.isfile(self.record_path(i))]

@@ -203,8 +203,9 @@ class PreprocessedDataset:
         """Open ``$nnUNet_preprocessed/<dataset>``; errors name the nnU-Net command to run."""
         try:
             name = dataset_name(dataset)
-        except RuntimeError as e:  # nnU-Net's "Could not find a dataset with the ID ..."
-            raise FileNotFoundError(f"dataset {dataset!r}: {e}".strip()) from e
+        except (RuntimeError, ValueError) as e:  # nnU-Net's "Could not find a dataset with the ID ..." (several lines)
+            raise FileNotFoundError(f"no dataset {dataset!r} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                                    f"check the id and the three nnUNet_* variables") from e
         plans = load_plans(name, plans_identifier)
         if configuration not in plans["configurations"]:
             raise KeyError(f"Configuration {configuration!r} is not in plans {plans_identifier!r} of {name}; "
