@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from nnunetv2_tumorsynth.cli import add_bank_location_arguments
 from nnunetv2_tumorsynth.inspection.items import PreviewInputError
 from nnunetv2_tumorsynth.inspection.preview import preview
 
@@ -38,9 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fov-mm", type=float, default=60.0,
                         help="smallest field of view of a panel in mm (default 60; a larger tumour gets 2.5 x its "
                              "size)")
-    parser.add_argument("-d", default=None, help="bank only: dataset, when the bank is not under $nnUNet_results")
-    parser.add_argument("-c", default=None, help="bank only: configuration")
-    parser.add_argument("-p", default=None, help="bank only: plans identifier")
+    add_bank_location_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace previews already in the output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from nnunetv2_tumorsynth.cli import add_bank_location_arguments
 from nnunetv2_tumorsynth.inspection.items import PreviewInputError
 from nnunetv2_tumorsynth.inspection.realism import realism
 
@@ -34,9 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="raw dataset of the generated images' source cases, if the record's paths moved")
     parser.add_argument("--shell-mm", type=float, default=None,
                         help="organ reference = organ within this distance of each tumour (default: the whole organ)")
-    parser.add_argument("-d", default=None, help="bank only: dataset, when the bank is not under $nnUNet_results")
-    parser.add_argument("-c", default=None, help="bank only: configuration")
-    parser.add_argument("-p", default=None, help="bank only: plans identifier")
+    add_bank_location_arguments(parser)
     parser.add_argument("--organ-label", default=None, help="organ label name or value (default from dataset.json)")
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value (default from dataset.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output folder")
