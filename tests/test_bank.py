@@ -183,7 +183,7 @@ def test_settings_from_json(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"probability": 0.8, "deformation": "elastic"}))
     s = SynthSettings().updated_from_json(str(path))
-    assert s.probability == 0.8 and s.deformation == "elastic" and s.size == "paper"
+    assert s.probability == 0.8 and s.deformation == "elastic" and s.size == "data"
     path.write_text(json.dumps({"probabilty": 0.8}))
     with pytest.raises(ValueError, match="probabilty"):
         SynthSettings().updated_from_json(str(path))

@@ -43,6 +43,9 @@ NO_TUMOUR_ID, BRIGHT_ID, RAW_ONLY_ID = 971, 972, 974
 
 def _bench():
     """benchmarks/bench_ddpm_quality.py as a module (derived toy datasets and the inpainting errors)."""
+    benchmarks = os.path.join(REPO, "benchmarks")
+    if benchmarks not in sys.path:  # its sibling modules (_common), as when it runs as a script
+        sys.path.insert(0, benchmarks)
     spec = importlib.util.spec_from_file_location("bench_ddpm_quality", os.path.join(REPO, "benchmarks",
                                                                                       "bench_ddpm_quality.py"))
     module = importlib.util.module_from_spec(spec)

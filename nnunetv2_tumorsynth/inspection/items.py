@@ -396,3 +396,19 @@ def preprocessed_real_items(dataset: PreprocessedDataset, cases: Sequence[str] |
             yield TumourItem(case, f"t{k}", case, None, image, mask, organ, tumours, spacing, direction, kind="real")
 
 
+def input_kind(path: str) -> str:
+    """"generated" (a dataset with a generation record), "bank" (a synthesis bank) or "raw" (a plain dataset)."""
+    if os.path.isfile(os.path.join(path, "dataset.json")):
+        try:
+            find_record(path)
+            return "generated"
+        except PreviewInputError:
+            return "raw"
+    if is_bank(path):
+        return "bank"
+    if os.path.isdir(os.path.join(path, "synthesis_bank")) and is_bank(os.path.join(path, "synthesis_bank")):
+        return "bank"
+    raise PreviewInputError(
+        f"{path} is neither a generated dataset (dataset.json and a generation record), a raw dataset, nor a "
+        f"synthesis bank (<case>/*.npz, e.g. $nnUNet_results/<Dataset>/<trainer>__<plans>__<config>/fold_0/"
+        f"synthesis_bank)")

@@ -21,12 +21,11 @@ import numpy as np
 from nnunetv2_tumorsynth.figures import new_figure, save_figure
 from nnunetv2_tumorsynth.files import atomic_path, write_json_atomic
 from nnunetv2_tumorsynth.inspection.items import (
-    PreviewInputError,
     TumourItem,
     bank_dataset,
     bank_items,
-    find_record,
     generated_items,
+    input_kind,
     is_bank,
     real_items,
     resolve_raw_dataset,
@@ -254,24 +253,6 @@ def write_previews(items: Iterable[TumourItem], out_folder: str, per_page: int =
         writer.writeheader()
         writer.writerows(rows)
     return written
-
-
-def input_kind(path: str) -> str:
-    """"generated" (a dataset with a generation record), "bank" (a synthesis bank) or "raw" (a plain dataset)."""
-    if os.path.isfile(os.path.join(path, "dataset.json")):
-        try:
-            find_record(path)
-            return "generated"
-        except PreviewInputError:
-            return "raw"
-    if is_bank(path):
-        return "bank"
-    if os.path.isdir(os.path.join(path, "synthesis_bank")) and is_bank(os.path.join(path, "synthesis_bank")):
-        return "bank"
-    raise PreviewInputError(
-        f"{path} is neither a generated dataset (dataset.json and a generation record), a raw dataset, nor a "
-        f"synthesis bank (<case>/*.npz, e.g. $nnUNet_results/<Dataset>/<trainer>__<plans>__<config>/fold_0/"
-        f"synthesis_bank)")
 
 
 def preview(input_path: str, out_folder: str, *, per_page: int = 4, source: str | None = None,
