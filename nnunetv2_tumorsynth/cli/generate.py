@@ -5,7 +5,7 @@ Usage::
     tumorsynth_generate -d 501 -c 3d_fullres -f 0 [-p nnUNetPlans] -n 1000 --as-dataset 503 \\
         [--texture ddpm|heuristic] [--polarity darker|brighter|either] [--steps 250] [--sampler ddim] \\
         [--deformation simplex|elastic] \\
-        [--size paper|tiny|small|medium|large|mix] [--include-real] [--replace-real] [--seed S] \\
+        [--size data|paper|tiny|small|medium|large|mix] [--include-real] [--replace-real] [--seed S] \\
         [-device cuda|cpu] [--overwrite]
 
 Everything is done by :func:`nnunetv2_tumorsynth.generate.generate_dataset`; see its module for how the
@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                              "plans, configuration and fold)")
     parser.add_argument("--deformation", choices=[d or "none" for d in DEFORMATIONS], default="simplex",
                         help="mask deformation (default simplex)")
-    parser.add_argument("--size", choices=SIZES, default="paper",
-                        help="tumour size preset (default paper: semi-axes N(27, 4.5) mm)")
+    parser.add_argument("--size", choices=SIZES, default="data",
+                        help="tumour size: data (default: drawn from the fold's annotated tumours, Hu et al. 2023's "
+                             "sizes when it has fewer than 3) or a preset (paper: semi-axes N(27, 4.5) mm)")
     parser.add_argument("--include-real", action="store_true", help="also copy the fold's real training cases")
     parser.add_argument("--replace-real", action="store_true",
                         help="replace each real tumour by a synthetic one in the same mask (visual Turing test, "
