@@ -25,9 +25,9 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    full      Full         nnUNetTrainer_<E>epochs (every tumour annotated)
    ========  ===========  =========================================================
 
-   Synthetic tumours use ``size="small"`` (Hu et al. 2023: 8 mm radius), chosen from the size of the
-   annotated training tumours (the phantom draws 4-11 mm), never from the test cases; 20 DDIM steps for the
-   DDPM arm (CPU budget). The label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5.
+   Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
+   internal SD and edge, drawn from the fold's annotated training tumours, never from the test cases; the
+   label-free arm has none and uses Hu et al. 2023's priors); 20 DDIM steps for the DDPM arm (CPU budget). The label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5.
    Heuristic tumours (heur, free) have the polarity of ``--heuristic-polarity`` (default: the trainers'
    default, "either"; "darker" is Hu et al. 2023's).
 4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
@@ -64,7 +64,7 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
     "full": ("Full", "nnUNetTrainer"),
 }
-SYNTH_SETTINGS = {"size": "small", "preview_every": 0, "ddpm_steps": 20}  # 20 DDIM steps: see README (DDPM)
+SYNTH_SETTINGS = {"preview_every": 0, "ddpm_steps": 20}  # 20 DDIM steps: see README (DDPM)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
 # tumours of its own bank (measured on training cases, never on the test set).

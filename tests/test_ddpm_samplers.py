@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from nnunetv2_tumorsynth.ddpm.samplers import ddim_step, ddpm_step
-from nnunetv2_tumorsynth.ddpm.schedule import NoiseSchedule
+from nnunetv2_tumorsynth.ddpm.samplers import DPMSolverMultistep, ddim_step, ddpm_step
+from nnunetv2_tumorsynth.ddpm.schedule import NoiseSchedule, timestep_subsequence
 
 T = 1000
 SCHEDULE = NoiseSchedule()  # scaled linear, beta 0.0005 .. 0.0195
@@ -68,3 +68,47 @@ def test_steps_ask_for_noise_when_they_need_it():
         ddpm_step(x, x, 10, 9, SCHEDULE)
     with pytest.raises(ValueError, match="noise"):
         ddim_step(x, x, 10, 5, SCHEDULE, eta=1.0)
+
+
+def diffusers_dpm_solver(**overrides):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=SCHEDULE.betas.numpy(),
+                                       algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                       final_sigmas_type="zero", **overrides)
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10, 20])
+def test_trailing_timesteps_match_diffusers(steps):
+    library = diffusers_dpm_solver(timestep_spacing="trailing")
+    library.set_timesteps(steps)
+    assert timestep_subsequence(T, steps, spacing="trailing") == [int(t) for t in library.timesteps]
+
+
+@pytest.mark.parametrize("steps", [2, 5, 10, 20])
+def test_dpm_solver_trajectory_matches_diffusers(steps):
+    """The same random noise estimates fed to ours and to diffusers' DPMSolverMultistepScheduler, step by step."""
+    timesteps = timestep_subsequence(T, steps, spacing="trailing")
+    library = diffusers_dpm_solver()
+    library.set_timesteps(timesteps=timesteps)
+    ours = DPMSolverMultistep()
+    g = torch.Generator().manual_seed(steps)
+    x_ours = x_lib = torch.randn(2, 1, 6, 5, 4, generator=g)
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        eps = torch.randn(2, 1, 6, 5, 4, generator=g)
+        x_lib = library.step(eps, t, x_lib).prev_sample
+        x_ours = ours.step(x_ours, eps, t, t_prev, SCHEDULE)
+        torch.testing.assert_close(x_ours, x_lib, rtol=1e-4, atol=1e-4)
+
+
+def test_dpm_solver_first_step_is_ddim():
+    x_t, eps = torch.randn(1, 1, 3, 3, 3), torch.randn(1, 1, 3, 3, 3)
+    torch.testing.assert_close(DPMSolverMultistep().step(x_t, eps, 999, 799, SCHEDULE),
+                               ddim_step(x_t, eps, 999, 799, SCHEDULE), rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_solver_clipped_x0_bounds_the_result():
+    x_t = torch.full((1, 1, 2, 2, 2), 10.0)
+    lo, hi = torch.full((1, 1, 1, 1, 1), -1.0), torch.full((1, 1, 1, 1, 1), 1.0)
+    assert float(DPMSolverMultistep().step(x_t, torch.zeros_like(x_t), 99, -1, SCHEDULE, x0_bounds=(lo, hi)).max()) <= 1.0

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="mask deformation (default simplex)")
     parser.add_argument("--size", choices=SIZES, default="data",
                         help="tumour size: data (default: drawn from the fold's annotated tumours, Hu et al. 2023's "
-                             "sizes when it has fewer than 3) or a preset (paper: semi-axes N(27, 4.5) mm)")
+                             "sizes when it has fewer than 3; the heuristic texture's contrast, internal SD and edge "
+                             "too, also with --replace-real) or a preset (paper: semi-axes N(27, 4.5) mm; heuristic "
+                             "texture with Hu et al. 2023's priors)")
     parser.add_argument("--include-real", action="store_true", help="also copy the fold's real training cases")
     parser.add_argument("--replace-real", action="store_true",
                         help="replace each real tumour by a synthetic one in the same mask (visual Turing test, "

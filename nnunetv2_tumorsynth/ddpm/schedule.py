@@ -96,14 +96,22 @@ class NoiseSchedule:
         )
 
 
-def timestep_subsequence(num_train_timesteps: int, steps: int) -> list[int]:
+def timestep_subsequence(num_train_timesteps: int, steps: int, spacing: str = "linspace") -> list[int]:
     """Descending timesteps used by a sampler with ``steps`` network evaluations.
 
-    Evenly spaced from ``T-1`` (the noisiest training step, where sampling starts) down to 0, rounded to
-    integers. ``steps == T`` gives every timestep ``T-1, ..., 0`` (the paper's DDPM, eq. 2).
+    "linspace": evenly spaced from ``T-1`` (the noisiest training step, where sampling starts) down to 0, rounded
+    to integers; ``steps == T`` gives every timestep ``T-1, ..., 0`` (the paper's DDPM, eq. 2). "trailing"
+    (Lin et al. 2024, Table 2): ``round(T - k T / steps) - 1`` for k = 0 .. steps-1, so the last evaluation is at
+    ``T/steps - 1`` rather than at 0 and no evaluation is spent on the almost clean step 0 -> -1; used by the
+    few-step solver (``samplers.DPMSolverMultistep``).
     """
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}] (T), got {steps}")
+    if spacing == "trailing":
+        values = torch.arange(num_train_timesteps, 0, -num_train_timesteps / steps, dtype=torch.float64)
+        return (values.round() - 1).long().tolist()[:steps]
+    if spacing != "linspace":
+        raise ValueError(f"timestep spacing must be 'linspace' or 'trailing', got {spacing!r}")
     if steps == 1:
         return [num_train_timesteps - 1]
     values = torch.linspace(num_train_timesteps - 1, 0, steps, dtype=torch.float64, device="cpu")

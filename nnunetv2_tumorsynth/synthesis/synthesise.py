@@ -21,7 +21,7 @@ from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 HEURISTIC_CONTEXT_VOXELS = 4  # margin around the tumour box given to the heuristic texture (and its vessel search)
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++2m")  # ddpm.samplers.SAMPLERS (without importing torch)
 
 
 @dataclass(kw_only=True)
@@ -142,10 +142,14 @@ class TumourSynthesiser:
         """Entries for given masks (e.g. real tumours to replace), no placement; filled in one batch.
 
         ``boxes``: (corner, bool mask box) pairs, corner the voxel index of the box's first corner in the case.
+        With size "data" and fold statistics, the heuristic texture draws its contrast, internal SD and edge from
+        them as for a placed tumour (the mask sets the size).
         """
         labels = np.asarray(seg[0])
         organ = (labels == self.organ_label) | (labels == self.tumour_label)
-        jobs = [_Job(case, np.asarray(data[0]), labels, organ, np.asarray(corner), np.asarray(mask, bool))
+        calibrated = self.settings.size == "data" and self.statistics is not None
+        jobs = [_Job(case, np.asarray(data[0]), labels, organ, np.asarray(corner), np.asarray(mask, bool),
+                     draw=self.statistics.draw(self.rng) if calibrated else None)
                 for corner, mask in boxes]
         for job in jobs:
             self._check_fits_context(job)

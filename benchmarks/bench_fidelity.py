@@ -1,0 +1,208 @@
+"""Benchmark: do synthetic tumours look like the fold's real ones? Fidelity before and after calibration.
+
+Uses the Scarce dataset (Dataset961_Scarce, tiny plans, fold "all") and the tiny DDPM that ``bench_benefit.py``
+built in its ``--workdir`` (``--data phantom`` or ``--data real_mr``), so the figures describe exactly what the
+benefit benchmark's arms trained with. Each variant is one ``tumorsynth_generate --replace-real`` run: every real
+training tumour is replaced by a synthetic one in its own mask, ``-n`` images (the training cases with a tumour in
+turn, a new random generator per image):
+
+=================  =====================================================================================
+variant            tumorsynth_generate arguments
+=================  =====================================================================================
+heuristic before   ``--texture heuristic --size mix``: Hu et al. 2023's priors, contrast sign at random
+heuristic after    ``--texture heuristic`` (size "data"): contrast, internal SD and edge drawn from the
+                   fold's annotated tumours (``synthesis.statistics.FoldStatistics.draw``)
+ddpm before        ``--texture ddpm`` with a copy of the checkpoint without its recorded intensity range:
+                   the sampler clamps the predicted x0 to the crop's own range widened by 50 %, as before
+ddpm after         ``--texture ddpm``: the sampler clamps to the training tumours' and parenchyma's range
+=================  =====================================================================================
+
+Measured on the written raw images against their source cases, with ``synthesis.statistics.measure_tumours``
+(the features the trainers' fidelity check uses; contrast and internal SD in SDs of a 5 mm ring of parenchyma,
+so the raw scale does not matter):
+
+- per replaced lesion, its contrast minus the contrast of the real tumour it replaced (median, ring SDs);
+- the two-sample Kolmogorov-Smirnov statistic of contrast and of internal SD, all synthetic lesions against the
+  fold's real training tumours;
+- DDPM: the share of fill voxels at or beyond the recorded clamp bounds (the raw fill values normalised back
+  with the source case's own nnU-Net normalisation).
+
+Goal (issue "calibration"): |median contrast difference| <= 0.5 SD, KS <= 0.5 for both features, clamp share
+<= 1 %. Run (after bench_benefit.py has built its workdir; the DDPM arm's checkpoint is needed)::
+
+    python benchmarks/bench_fidelity.py --workdir /tmp/bench_benefit [-n 16] [--steps 50] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from _common import TINY_PLANS, argument_parser, nnunet_env, run_cli
+
+DATASET = "Dataset961_Scarce"
+VARIANTS = {  # name: (texture, extra tumorsynth_generate arguments, strip the checkpoint's intensity range)
+    "heuristic before": ("heuristic", ["--size", "mix"], False),
+    "heuristic after": ("heuristic", [], False),
+    "ddpm before": ("ddpm", [], True),
+    "ddpm after": ("ddpm", [], False),
+}
+FIRST_ID = 980  # variant k is written as dataset FIRST_ID + k
+
+
+def checkpoint_without_range(checkpoint: str, out: str) -> str:
+    """A copy of ``checkpoint`` whose metadata lacks ``intensity_range`` (a checkpoint of the previous release)."""
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload["metadata"].pop("intensity_range", None)
+    torch.save(payload, out)
+    return out
+
+
+def lesion_rows(env: dict, generated: str, texture: str, bounds: tuple[float, float] | None) -> list[dict]:
+    """One row per replaced lesion: the synthetic and the real tumour's features, and (DDPM) clamp counts."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
+    from nnunetv2_tumorsynth.generate.source import GenerationSource
+    from nnunetv2_tumorsynth.synthesis.features import tumour_components
+    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
+
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    source = GenerationSource(GenerateSettings(dataset=DATASET, as_dataset=999, fold="all", plans=TINY_PLANS,
+                                               texture=texture, device="cpu"))
+    with open(os.path.join(generated, "synthesis_records.json")) as f:
+        records = json.load(f)
+    rows = []
+    for record in records:
+        case = source.load(record["source_case"])
+        image_file = os.path.join(generated, "imagesTr", f"{record['image']}_0000{source.file_ending}")
+        image = sitk.GetArrayFromImage(sitk.ReadImage(image_file)).astype(np.float64)
+        real_image = case.raw_array.astype(np.float64)
+        labels = case.raw_label_array
+        spacing = case.raw_image.GetSpacing()[::-1]  # z, y, x mm
+        organ, tumour = source.organ_label, source.tumour_label
+        synthetic = measure_tumours(image, labels, organ, tumour, spacing, record["image"])
+        real = measure_tumours(real_image, labels, organ, tumour, spacing, record["source_case"])
+        for k, component in enumerate(tumour_components(labels == tumour)):
+            if np.array_equal(image[component], real_image[component]):
+                continue  # left real (larger than the model's crop)
+            row = {"image": record["image"], "case": record["source_case"], "lesion": k,
+                   "radius_mm": real[k].radius_mm, "real_contrast_sd": real[k].contrast_sd,
+                   "contrast_sd": synthetic[k].contrast_sd, "real_internal_sd": real[k].internal_sd,
+                   "internal_sd": synthetic[k].internal_sd}
+            if bounds is not None:
+                values = case.inverse.forward(image[component])
+                tolerance = 1e-3 * (bounds[1] - bounds[0])
+                row["fill_voxels"] = int(values.size)
+                row["at_bounds"] = int(np.sum((values <= bounds[0] + tolerance) | (values >= bounds[1] - tolerance)))
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict], real_tumours: list) -> dict:
+    """The variant's figures: median paired contrast difference, KS of contrast and internal SD, clamp share."""
+    import numpy as np
+    from scipy import stats
+
+    contrast = np.array([r["contrast_sd"] for r in rows])
+    internal = np.array([r["internal_sd"] for r in rows])
+    real_contrast = np.array([t.contrast_sd for t in real_tumours])
+    real_internal = np.array([t.internal_sd for t in real_tumours])
+    out = {"lesions": len(rows),
+           "median_contrast_difference_sd": float(np.median(contrast - [r["real_contrast_sd"] for r in rows])),
+           "ks_contrast": float(stats.ks_2samp(contrast, real_contrast).statistic),
+           "ks_internal_sd": float(stats.ks_2samp(internal, real_internal).statistic),
+           "median_contrast_sd": float(np.median(contrast)), "real_median_contrast_sd": float(np.median(real_contrast)),
+           "median_internal_sd": float(np.median(internal)), "real_median_internal_sd": float(np.median(real_internal))}
+    if rows and "fill_voxels" in rows[0]:
+        out["clamp_share"] = sum(r["at_bounds"] for r in rows) / max(1, sum(r["fill_voxels"] for r in rows))
+    return out
+
+
+def real_training_tumours(env: dict) -> list:
+    """The fold's annotated training tumours, measured in the raw images as the synthetic ones are."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
+    from nnunetv2_tumorsynth.generate.source import GenerationSource
+    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
+
+    source = GenerationSource(GenerateSettings(dataset=DATASET, as_dataset=999, fold="all", plans=TINY_PLANS,
+                                               texture="heuristic", device="cpu"))
+    tumours = []
+    for name in source.cases_with(source.tumour_label):
+        case = source.load(name)
+        tumours += measure_tumours(case.raw_array.astype(np.float64), case.raw_label_array, source.organ_label,
+                                   source.tumour_label, sitk.Image.GetSpacing(case.raw_image)[::-1], name)
+    return tumours
+
+
+def main() -> None:
+    parser = argument_parser(__doc__)
+    parser.add_argument("--workdir", default="/tmp/bench_benefit", help="bench_benefit.py's --workdir")
+    parser.add_argument("-n", type=int, default=16, help="replaced images per variant")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the DDPM variants")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    work = os.path.abspath(args.workdir)
+    env = nnunet_env(work)
+    env.update(nnUNet_def_n_proc="1", nnUNet_compile="false")
+    checkpoint = os.path.join(env["nnUNet_results"], DATASET, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
+                              "fold_all", "checkpoint_best.pth")
+    needs_ddpm = any(VARIANTS[v][0] == "ddpm" for v in args.variants)
+    if needs_ddpm and not os.path.isfile(checkpoint):
+        parser.error(f"{checkpoint} does not exist: run bench_benefit.py --workdir {args.workdir} with the ddpm arm")
+    with open(os.path.join(work, "data.txt")) as f:
+        data = f.read().strip()
+    bounds = None
+    if needs_ddpm:
+        import torch
+
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["metadata"]
+        bounds = tuple(meta["intensity_range"]["clamp"])
+
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    real = real_training_tumours(env)
+    results = {}
+    for name in args.variants:
+        texture, extra, strip = VARIANTS[name]
+        dataset_id = FIRST_ID + list(VARIANTS).index(name)
+        cmd = ["tumorsynth_generate", "-d", DATASET, "-f", "all", "-p", TINY_PLANS, "--replace-real", "-n",
+               str(args.n), "--as-dataset", str(dataset_id), "--name", "Fidelity" + name.title().replace(" ", ""),
+               "--texture", texture, "--seed", str(args.seed), "-device", "cpu", "--overwrite", "--no-progress",
+               *extra]
+        if texture == "ddpm":
+            used = checkpoint_without_range(checkpoint, os.path.join(work, "ddpm_no_range.pth")) if strip else checkpoint
+            cmd += ["--checkpoint", used, "--steps", str(args.steps)]
+        start = time.perf_counter()
+        run_cli(cmd, env, echo=True, log=os.path.join(work, "fidelity_commands.log"))
+        seconds = time.perf_counter() - start
+        generated = os.path.join(env["nnUNet_raw"], f"Dataset{dataset_id}_{cmd[cmd.index('--name') + 1]}")
+        rows = lesion_rows(env, generated, texture, bounds if texture == "ddpm" else None)
+        results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
+
+    header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",
+              "contrast synth / real", "internal SD synth / real", "clamp share")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, r in results.items():
+        clamp = f"{100 * r['clamp_share']:.2f} %" if "clamp_share" in r else "-"
+        lines.append(f"| {name} | {r['lesions']} | {r['median_contrast_difference_sd']:+.2f} | {r['ks_contrast']:.2f} | "
+                     f"{r['ks_internal_sd']:.2f} | {r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f} | "
+                     f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f} | {clamp} |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"data {data}: {len(real)} real training tumours; -n {args.n} replaced images per variant, DDIM "
+          f"{args.steps} steps; clamp bounds {bounds}")
+    with open(os.path.join(work, f"fidelity_{args.steps}steps.json"), "w") as f:
+        json.dump({"args": vars(args), "data": data, "results": results, "table": table}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
