@@ -27,9 +27,10 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
    internal SD and edge, drawn from the fold's annotated training tumours, never from the test cases; the
-   label-free arm has none and uses Hu et al. 2023's priors); 20 DDIM steps for the DDPM arm (CPU budget). The label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5.
-   Heuristic tumours (heur, free) have the polarity of ``--heuristic-polarity`` (default: the trainers'
-   default, "either"; "darker" is Hu et al. 2023's).
+   label-free arm has none and uses Hu et al. 2023's priors); 20 DDIM steps for the DDPM arm (CPU budget). The
+   label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5. Label-free heuristic tumours
+   (free) have the polarity of ``--heuristic-polarity`` (default: the trainers' default, "either"; "darker" is
+   Hu et al. 2023's); calibrated ones (heur) take the sign of the fold's tumours.
 4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
    run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests).
 5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``. The phantom's tumours

@@ -114,10 +114,11 @@ def bench_training(preset: str, crop, device: torch.device, amp: bool, repeats: 
 
 
 def bench_inpaint(
-    preset: str, crop, spacing_mm, steps: int, device: torch.device, repeats: int, batch: int = 1
+    preset: str, crop, spacing_mm, steps: int, device: torch.device, repeats: int, batch: int = 1,
+    sampler: str = "ddim",
 ) -> list[float]:
     """Seconds per crop to inpaint ``batch`` crops at once (one tumour of radius a quarter of the crop's
-    smallest extent in mm each) with DDIM; warm-up with a 2-step call."""
+    smallest extent in mm each) with ``sampler`` (default DDIM); warm-up with a 2-step call."""
     torch.manual_seed(0)
     model = build_model(preset, device=device).eval()
     images = np.random.default_rng(0).standard_normal((batch, 1, *crop)).astype(np.float32)
@@ -125,7 +126,7 @@ def bench_inpaint(
     masks = np.stack([ellipsoid_mask(crop, spacing_mm, radius_mm)] * batch)
 
     def run(n_steps: int) -> None:
-        inpaint(model, images, masks, steps=n_steps, sampler="ddim", seed=0, batch_size=batch, device=device)
+        inpaint(model, images, masks, steps=n_steps, sampler=sampler, seed=0, batch_size=batch, device=device)
 
     times = timed(lambda: run(steps), repeats, device, warmup=lambda: run(2))
     return [t / batch for t in times]

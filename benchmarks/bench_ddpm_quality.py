@@ -24,7 +24,7 @@ Voxels outside the mask must come back unchanged (checked: max |difference| repo
 Usage (creates its own nnU-Net folders under --workdir unless they are set and hold a preprocessed phantom)::
 
     python benchmarks/bench_ddpm_quality.py [--workdir /tmp/bench_ddpm_quality] [--epochs 150] [--lr 1e-3]
-        [--batch-size 2] [--crop 16 32 32] [--steps 50] [--sampler ddim|ddpm] [--threads 1] [--source 990]
+        [--batch-size 2] [--crop 16 32 32] [--steps 50] [--sampler ddim|ddpm|dpm++2m] [--threads 1] [--source 990]
         [--checkpoint PATH (evaluate only)]
 
 Measured on an idle 2-core machine, 1 thread, 8 phantom cases (``--cases 8``), tiny preset with the default
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop", type=int, nargs=3, default=(16, 32, 32))
     parser.add_argument("--steps", type=int, default=50, help="sampling steps for inpainting")
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm", "dpm++2m"), default="ddim")
     parser.add_argument("--checkpoint", default=None, help="evaluate this checkpoint of the toy dataset, no training")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (OMP_NUM_THREADS)")
     parser.add_argument("--fold", type=int, default=0)

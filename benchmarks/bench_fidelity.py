@@ -30,7 +30,8 @@ so the raw scale does not matter):
 Goal (issue "calibration"): |median contrast difference| <= 0.5 SD, KS <= 0.5 for both features, clamp share
 <= 1 %. Run (after bench_benefit.py has built its workdir; the DDPM arm's checkpoint is needed)::
 
-    python benchmarks/bench_fidelity.py --workdir /tmp/bench_benefit [-n 16] [--steps 50] [--variants ...]
+    python benchmarks/bench_fidelity.py --workdir /tmp/bench_benefit [-n 16] [--steps 50] \\
+        [--sampler ddim|ddpm|dpm++2m] [--variants ...]
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--workdir", default="/tmp/bench_benefit", help="bench_benefit.py's --workdir")
     parser.add_argument("-n", type=int, default=16, help="replaced images per variant")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the DDPM variants")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps of the DDPM variants")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm", "dpm++2m"), default="ddim",
+                        help="sampler of the DDPM variants")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -179,8 +182,9 @@ def main() -> None:
                "--texture", texture, "--seed", str(args.seed), "-device", "cpu", "--overwrite", "--no-progress",
                *extra]
         if texture == "ddpm":
-            used = checkpoint_without_range(checkpoint, os.path.join(work, "ddpm_no_range.pth")) if strip else checkpoint
-            cmd += ["--checkpoint", used, "--steps", str(args.steps)]
+            used = checkpoint_without_range(checkpoint, os.path.join(work, "ddpm_no_range.pth")) if strip else \
+                checkpoint
+            cmd += ["--checkpoint", used, "--steps", str(args.steps), "--sampler", args.sampler]
         start = time.perf_counter()
         run_cli(cmd, env, echo=True, log=os.path.join(work, "fidelity_commands.log"))
         seconds = time.perf_counter() - start
@@ -189,18 +193,19 @@ def main() -> None:
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
     header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",
-              "contrast synth / real", "internal SD synth / real", "clamp share")
+              "contrast synth / real", "internal SD synth / real", "clamp share", "generate s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         clamp = f"{100 * r['clamp_share']:.2f} %" if "clamp_share" in r else "-"
-        lines.append(f"| {name} | {r['lesions']} | {r['median_contrast_difference_sd']:+.2f} | {r['ks_contrast']:.2f} | "
-                     f"{r['ks_internal_sd']:.2f} | {r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f} | "
-                     f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f} | {clamp} |")
+        cells = [str(r["lesions"]), f"{r['median_contrast_difference_sd']:+.2f}", f"{r['ks_contrast']:.2f}",
+                 f"{r['ks_internal_sd']:.2f}", f"{r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f}",
+                 f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f}", clamp, f"{r['seconds']:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    print(f"data {data}: {len(real)} real training tumours; -n {args.n} replaced images per variant, DDIM "
+    print(f"data {data}: {len(real)} real training tumours; -n {args.n} replaced images per variant, {args.sampler} "
           f"{args.steps} steps; clamp bounds {bounds}")
-    with open(os.path.join(work, f"fidelity_{args.steps}steps.json"), "w") as f:
+    with open(os.path.join(work, f"fidelity_{args.sampler}_{args.steps}steps.json"), "w") as f:
         json.dump({"args": vars(args), "data": data, "results": results, "table": table}, f, indent=1)
 
 

@@ -42,18 +42,24 @@ class FakeDataset:
 
 class FakeTexture:
     """Stands in for DDPMTexture: ``steps`` evaluations of a tiny torch model per fill, each ``step_seconds``
-    long; raises on fill call number ``fail_on_call``; records the thread and torch thread count it ran with."""
+    long; raises on fill call number ``fail_on_call``; records the thread and torch thread count it ran with and
+    the crops of every call. ``batch_size``: crops per network evaluation (None: no such attribute)."""
 
     crop_size = (16, 32, 32)
 
-    def __init__(self, steps: int = 2, step_seconds: float = 0.0, fail_on_call: int | None = None):
+    def __init__(self, steps: int = 2, step_seconds: float = 0.0, fail_on_call: int | None = None,
+                 batch_size: int | None = None):
         self.model = torch.nn.Identity()
         self.steps, self.step_seconds, self.fail_on_call = steps, step_seconds, fail_on_call
+        if batch_size is not None:
+            self.batch_size = batch_size
         self.calls = 0
+        self.batches: list[int] = []
         self.seen: set[tuple[str, int]] = set()
 
     def fill(self, images, masks, organs, rng, spacing=None):
         self.calls += 1
+        self.batches.append(len(images))
         self.seen.add((threading.current_thread().name, torch.get_num_threads()))
         if self.calls == self.fail_on_call:
             raise ValueError("texture exploded")
@@ -117,6 +123,25 @@ def test_generator_makes_each_epochs_budget_then_idles(dataset, tmp_path):
     assert not [f for f in files_in(tmp_path) if f.startswith(".")], "no temporary file left"
     generator.new_epoch(2)
     assert not generator_threads(), "a stopped generator never starts again"
+
+
+def test_generator_fills_batches_within_each_epochs_budget(dataset, tmp_path):
+    texture = FakeTexture(batch_size=2)
+    generator = make_generator(tmp_path, dataset, texture, entries_per_epoch=5)
+    try:
+        generator.new_epoch(0)
+        wait_until(lambda: generator.totals().made == 5)
+        time.sleep(0.3)
+        assert generator.totals().made == 5, "never more than the epoch's budget"
+        assert texture.batches == [2, 2, 1], "the texture's batch per call, the last call cut to the budget left"
+        generator.new_epoch(1)
+        wait_until(lambda: generator.totals().made == 10)
+        time.sleep(0.3)
+        generator.check()
+    finally:
+        generator.stop()
+    assert generator.totals().made == 10 and texture.batches == [2, 2, 1, 2, 2, 1]
+    assert sum(len(entry_paths(str(tmp_path), c)) for c in CASES) == 10
 
 
 def test_seconds_budget(dataset, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from nnunetv2_tumorsynth.bank.overlay import OverlaidArray, SyntheticTumourDataset, count_uses, overlay_entry
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths, write_preview
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths, fill_batch_size, write_preview
 from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES
@@ -121,6 +122,25 @@ def test_bank_places_paper_tumours_in_an_organ_cut_by_the_field_of_view(tmp_path
         assert np.all(corner >= 0) and np.all(corner + size <= shape), "the box lies in the case"
         box = tuple(slice(int(c), int(c) + n) for c, n in zip(corner, size))
         assert e.mask.any() and not np.any(e.mask & ~organ[box]), "clipped to the organ"
+
+
+def test_fill_batch_size_follows_the_texture(dataset, tmp_path):
+    assert fill_batch_size(HeuristicTexture()) == 1, "no fixed crop: filled one at a time, nothing gained"
+    assert fill_batch_size(SimpleNamespace(crop_size=(16, 32, 32), batch_size=4)) == 4, "the DDPM texture's batch"
+    assert fill_batch_size(SimpleNamespace(crop_size=(16, 32, 32))) == 1
+
+    calls = []
+
+    class Texture:  # fixed crop: the whole generate call is one texture call
+        crop_size, batch_size = (16, 32, 32), 3
+
+        def fill(self, images, masks, organs, rng, spacing=None):
+            calls.append(len(images))
+            return images + masks
+
+    bank = SynthesisBank(str(tmp_path), Texture(), SynthSettings(texture="heuristic", size="small", seed=1), SPACING,
+                         organ_label=1, tumour_label=2)
+    assert bank.generate(dataset, ["case0", "case1"], 3, epoch=0).made == 3 and calls == [3]
 
 
 def test_bank_keeps_only_the_newest_entries(dataset, tmp_path):

@@ -71,3 +71,13 @@ def test_step_list_names_installed_commands_and_existing_trainers(tmp_path):
                                                                      "nnUNetTrainer"), name,
                                                         "nnunetv2.training.nnUNetTrainer")
                 assert found is not None, f"trainer {name} of step {step.name} does not exist"
+
+
+def test_verdict_says_plainly_what_a_run_shows():
+    from nnunetv2_tumorsynth.demo import verdict
+
+    assert "no conclusion" in verdict(0.0, 0.0, None)
+    assert "no conclusion" in verdict(None, 0.0, None)
+    assert "helped" in verdict(0.10, 0.25, 0.02) and "+15.0 points" in verdict(0.10, 0.25, 0.02)
+    assert "no gain" in verdict(0.30, 0.25, 0.8) and "-5.0 points" in verdict(0.30, 0.25, 0.8)
+    assert "no gain" in verdict(0.30, 0.30, None)

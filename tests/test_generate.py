@@ -2,7 +2,9 @@
 
 Unit level: the inverse of every supported nnU-Net normalisation, and the mapping back to the raw grid
 (resampling, un-cropping, un-transposing) on a phantom whose plans resample every axis and transpose
-(x first), with CT normalisation. End to end on the session phantom (anisotropic, rotated direction):
+(x first), with CT normalisation. Batched synthesis with a stub texture on a small phantom preprocessed with
+hand-made plans in this process (one fill call per batch, determinism, resuming an interrupted batch,
+``--replace-real``). End to end on the session phantom (anisotropic, rotated direction):
 a tiny DDPM pretrained for fold 0, datasets with and without ``--include-real``, ``kill -9`` and resume,
 ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` and a tiny nnU-Net trained with the written
 splits, ``--replace-real``, and the error cases.
@@ -36,7 +38,9 @@ from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES
 TRANSPOSED_ID, FROM_TRANSPOSED_ID = 965, 966
 DDPM_ID, KILLED_ID, REPLACED_ID, MIX_ID, MIX_AGAIN_ID = 961, 962, 963, 964, 967
 TRANSPOSED_PLANS = "tumorsynthResampledPlans"
-DDPM_ARGS = ["--texture", "ddpm", "--steps", "20", "--size", "small", "-n", "3", "-device", "cpu", "--seed", "0"]
+FAST_ID, FAST_PLANS = 950, "tumorsynthHandMadePlans"  # 951-956: datasets generated from it
+DDPM_ARGS = ["--texture", "ddpm", "--steps", "20", "--size", "small", "-n", "3", "-device", "cpu", "--seed", "0",
+             "--batch-size", "2"]
 TUMOUR, ORGAN = 2, 1
 
 
@@ -142,9 +146,6 @@ def test_unknown_normalisation_is_refused():
 def transposed_source(phantom_dataset):
     """Dataset965: phantom at 1.5 x 1.5 x 3.0 mm (z, y, x) preprocessed in this process with plans that put x
     first (transpose [2, 0, 1]), resample every axis (to 4.0 x 2.0 x 1.25 mm) and normalise like CT."""
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     name = f"Dataset{TRANSPOSED_ID}_PhantomTransposed"
     raw = write_phantom_dataset(raw_root(), TRANSPOSED_ID, "PhantomTransposed", num_train=5, seed=3,
                                 settings=PhantomSettings(shape=(40, 48, 24), spacing=(1.5, 1.5, 3.0)), overwrite=True)
@@ -163,10 +164,20 @@ def transposed_source(phantom_dataset):
                                               "data_identifier": f"{TRANSPOSED_PLANS}_3d_fullres",
                                               "spacing": [4.0, 2.0, 1.25],
                                               "normalization_schemes": ["CTNormalization"]}}
+    preprocess_here(name, raw, plans, cases)
+    return name, raw
+
+
+def preprocess_here(name: str, raw: str, plans: dict, cases: list[str]) -> None:
+    """Write ``plans`` and dataset.json into ``$nnUNet_preprocessed/<name>`` and preprocess ``cases`` of the raw
+    folder for the plans' 3d_fullres configuration with nnU-Net's DefaultPreprocessor in this process."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], name)
-    data_folder = os.path.join(preprocessed, f"{TRANSPOSED_PLANS}_3d_fullres")
+    data_folder = os.path.join(preprocessed, plans["configurations"]["3d_fullres"]["data_identifier"])
     os.makedirs(data_folder, exist_ok=True)
-    json.dump(plans, open(os.path.join(preprocessed, f"{TRANSPOSED_PLANS}.json"), "w"))
+    json.dump(plans, open(os.path.join(preprocessed, f"{plans['plans_name']}.json"), "w"))
     dataset_json = json.load(open(os.path.join(raw, "dataset.json")))
     json.dump(dataset_json, open(os.path.join(preprocessed, "dataset.json"), "w"))
     plans_manager = PlansManager(plans)
@@ -175,7 +186,6 @@ def transposed_source(phantom_dataset):
         DefaultPreprocessor(verbose=False).run_case_save(
             os.path.join(data_folder, case), [os.path.join(raw, "imagesTr", f"{case}_0000.nii.gz")],
             os.path.join(raw, "labelsTr", f"{case}.nii.gz"), plans_manager, configuration, dataset_json)
-    return name, raw
 
 
 def test_real_tumours_map_back_onto_themselves(transposed_source):
@@ -226,6 +236,140 @@ def test_generate_on_resampled_transposed_data(transposed_source):
     items = list(preview.generated_items(folder))
     assert {(i.case, i.source_case) for i in items} == {(r["image"], r["source_case"]) for r in records}
     assert all(i.mask.any() and i.before is not None for i in items)
+
+
+# ------------------------------------------------------- batched synthesis, stub texture, no nnU-Net planning
+
+
+class RecordingTexture:
+    """Stands in for the DDPM texture (fixed context crop, ``batch_size`` crops per network evaluation): fills each
+    mask with N(3, 1) draws of ``rng`` and records how many crops every fill call got."""
+
+    crop_size = (16, 32, 32)
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.calls: list[int] = []
+
+    def fill(self, images, masks, organs, rng, spacing=None, draws=None):
+        self.calls.append(len(images))
+        out = images.copy()
+        out[masks] = rng.normal(3.0, 1.0, int(masks.sum())).astype(out.dtype)
+        return out
+
+
+@pytest.fixture(scope="module")
+def fast_source():
+    """Dataset950: a small phantom (5 training cases, 24 x 48 x 48 voxels) preprocessed in this process with
+    hand-made plans that neither transpose nor resample (no nnU-Net planning, so not end to end)."""
+    from test_boxes import make_plans
+
+    name, spacing = f"Dataset{FAST_ID}_PhantomFast", (3.0, 1.5, 1.5)
+    raw = write_phantom_dataset(raw_root(), FAST_ID, "PhantomFast", num_train=5, seed=4,
+                                settings=PhantomSettings(shape=(24, 48, 48), spacing=spacing), overwrite=True)
+    plans = make_plans(transpose=(0, 1, 2), spacing=spacing)
+    plans.update(dataset_name=name, plans_name=FAST_PLANS)
+    plans["configurations"]["3d_fullres"]["data_identifier"] = f"{FAST_PLANS}_3d_fullres"
+    preprocess_here(name, raw, plans, [f"phantomtr_{i:03d}" for i in range(5)])
+    return name, raw
+
+
+@pytest.fixture
+def stub_textures(monkeypatch) -> list[RecordingTexture]:
+    """Every generator made in the test gets a ``RecordingTexture`` of its settings' batch size (appended here)."""
+    from nnunetv2_tumorsynth.generate import generator
+
+    made: list[RecordingTexture] = []
+
+    def load_stub(settings, dataset, fold, device, checkpoint=None, batch_size=4):
+        made.append(RecordingTexture(batch_size))
+        return made[-1], None
+
+    monkeypatch.setattr(generator, "load_texture", load_stub)
+    return made
+
+
+def fast_settings(name: str, as_dataset: int, **overrides) -> GenerateSettings:
+    return GenerateSettings(**{"dataset": name, "as_dataset": as_dataset, "plans": FAST_PLANS, "texture": "heuristic",
+                               "size": "small", "num_images": 5, "seed": 3, "batch_size": 2, **overrides})
+
+
+def same_images(folder_a: str, folder_b: str, name: str) -> tuple[bool, bool]:
+    """(images equal, labels equal) of case ``name`` in two generated datasets."""
+    return tuple(np.array_equal(read(os.path.join(folder_a, sub, name + ending))[1],
+                                read(os.path.join(folder_b, sub, name + ending))[1])
+                 for sub, ending in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")))
+
+
+def test_batched_generation_fills_each_batch_in_one_call(fast_source, stub_textures):
+    name, raw = fast_source
+    folder = generate_dataset(fast_settings(name, FAST_ID + 1), progress=False, log=quiet)
+    assert stub_textures[-1].calls == [2, 2, 1], "5 images in batches of 2: one fill call per batch"
+    records = check_dataset(folder, raw)  # bit-identical to the source outside the new tumours
+    assert [r["batch"] for r in records] == [[0, 1], [0, 1], [2, 3], [2, 3], [4]]
+    assert [r["fill_rng"] for r in records] == [f"numpy.random.default_rng([3, {i}])" for i in (0, 0, 2, 2, 4)]
+
+    again = generate_dataset(fast_settings(name, FAST_ID + 2), progress=False, log=quiet)
+    assert all(same_images(folder, again, r["image"]) == (True, True) for r in records), "same seed and batch size"
+
+    single = generate_dataset(fast_settings(name, FAST_ID + 3, batch_size=1), progress=False, log=quiet)
+    assert stub_textures[-1].calls == [1] * 5
+    assert [r["image"] for r in check_dataset(single, raw)] == [r["image"] for r in records]
+    # each image is planned from its own generator whatever the batch: same tumour masks; the fill's draws come
+    # from the batch's first image's generator: image 0 (first in its batch either way) is identical, image 1 not
+    assert all(same_images(folder, single, r["image"])[1] for r in records)
+    assert same_images(folder, single, records[0]["image"])[0]
+    assert not same_images(folder, single, records[1]["image"])[0]
+
+
+def test_batched_generation_resumes_an_interrupted_batch(fast_source, stub_textures, monkeypatch):
+    """Interrupted after the first image of a batch of 3: the re-run makes that batch whole again (same draws),
+    writes only its unfinished images, and the dataset equals an uninterrupted run's."""
+    from nnunetv2_tumorsynth.generate import generator
+
+    name, raw = fast_source
+    settings = fast_settings(name, FAST_ID + 4, batch_size=3)
+    write_json = generator.write_json_atomic
+    records_written = []
+
+    def interrupt_at_second_record(data, path):
+        if os.path.basename(os.path.dirname(path)) == "records":
+            if records_written:
+                raise KeyboardInterrupt  # as Ctrl-C after image 0 of batch [0, 1, 2] was written
+            records_written.append(path)
+        write_json(data, path)
+
+    monkeypatch.setattr(generator, "write_json_atomic", interrupt_at_second_record)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(settings, progress=False, log=quiet)
+    monkeypatch.setattr(generator, "write_json_atomic", write_json)
+    staging = os.path.join(raw_root(), f".Dataset{FAST_ID + 4}_PhantomFastSynth.partial")
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(staging, "records", "*.json"))] == ["0000.json"]
+    assert not glob.glob(os.path.join(raw_root(), f"Dataset{FAST_ID + 4}_*")), "no partial dataset is visible"
+    first_image = json.load(open(os.path.join(staging, "records", "0000.json")))["image"] + "_0000.nii.gz"
+    written_at = os.stat(os.path.join(staging, "imagesTr", first_image)).st_mtime_ns
+
+    lines: list[str] = []
+    resumed = generate_dataset(settings, progress=False, log=lines.append)
+    assert stub_textures[-1].calls == [3, 2], "batch [0, 1, 2] made whole again, then [3, 4]"
+    assert log_line(lines, "resuming") and log_line(lines, "1 finished image", "not rewritten")
+    assert log_line(lines, "made 4 images")
+    uninterrupted = generate_dataset(fast_settings(name, FAST_ID + 5, batch_size=3), progress=False, log=quiet)
+    records = check_dataset(resumed, raw)
+    assert len(records) == 5
+    assert all(same_images(resumed, uninterrupted, r["image"]) == (True, True) for r in records)
+    assert os.stat(os.path.join(resumed, "imagesTr", first_image)).st_mtime_ns == written_at, \
+        "the finished image was not rewritten"
+
+
+def test_batched_replace_real(fast_source, stub_textures):
+    name, raw = fast_source
+    folder = generate_dataset(fast_settings(name, FAST_ID + 6, replace_real=True, num_images=None),
+                              progress=False, log=quiet)
+    records = check_dataset(folder, raw, replaced=True)
+    replaced = [sum(t["replaced"] for t in r["tumours"]) for r in records]
+    assert len(stub_textures[-1].calls) == (len(records) + 1) // 2, "one fill call per batch of 2 images"
+    assert sum(stub_textures[-1].calls) == sum(replaced), "every real tumour of a batch in its one call"
 
 
 # ------------------------------------------------------------------------- in-process, session phantom
@@ -322,7 +466,8 @@ def test_train_tiny_nnunet_with_written_splits(ddpm_dataset, ddpm_env):
 
 @pytest.mark.e2e  # runs the CLI itself
 def test_kill_and_resume(ddpm_dataset, phantom_dataset, ddpm_env):
-    """kill -9 after the first image: nothing visible in nnUNet_raw; a re-run finishes with the same images."""
+    """kill -9 after the first image: nothing visible in nnUNet_raw; a re-run finishes with the same images (batches
+    of 2: a kill inside the first batch makes the re-run fill that batch whole again)."""
     cmd = generate_cmd(phantom_dataset, KILLED_ID, *DDPM_ARGS)
     staging = os.path.join(raw_root(), f".Dataset{KILLED_ID}_PhantomSynth.partial")
     process = subprocess.Popen(cmd, env=ddpm_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_ROOT)

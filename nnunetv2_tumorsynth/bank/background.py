@@ -6,10 +6,17 @@ loop never waits for synthesis:
 
 - **Budget.** At the start of each epoch the generator is given that epoch's budget: a number of new
   entries (the same ``entries_per_epoch`` as the synchronous mode) or, with ``seconds_per_epoch``, a
-  number of seconds of generator work. It makes entries one at a time until the budget is spent, then
+  number of seconds of generator work. It makes entries in batches until the budget is spent, then
   idles until the next epoch. Whatever is left of an epoch's budget when the next epoch starts is
   dropped, not carried over: a generator slower than training simply makes fewer entries per epoch
   (the log says how many), and the bank's entries are reused more often.
+- **Batches.** Each ``SynthesisBank.generate`` call plans several entries and fills them in one texture
+  call: as many as the DDPM texture samples per network evaluation (its ``batch_size``, see
+  ``store.fill_batch_size``), so the network runs on full batches, but never more than the epoch's
+  remaining count, so a count budget is met exactly (an entry belongs to the epoch in which its call
+  ended). The heuristic texture fills one crop at a time, so it gains nothing from batches and makes
+  one entry per call (which keeps ``stop`` and a budget in seconds fine-grained). With a budget in
+  seconds the budget is checked before each call, so an epoch can overrun it by one call.
 - **Devices.** On CUDA the generator samples on its own ``torch.cuda.Stream`` of the training device, so
   its kernels fill the gaps that training leaves on the GPU. On any device the thread limits its own
   PyTorch intra-op threads (``threads``; with PyTorch's OpenMP backend the count belongs to the calling
@@ -22,11 +29,14 @@ loop never waits for synthesis:
   original exception so its traceback is printed.
 - **Shutdown.** ``stop`` asks the thread to end and joins it. A diffusion sampling in progress is
   cancelled at its next network evaluation (a forward pre-hook on the model), so stopping takes a
-  fraction of a second; the entry it was making is never written. Entries are written atomically
+  fraction of a second; the entries it was making are never written. Entries are written atomically
   (temporary file, then rename), so no half-written entry can appear even if the process is killed.
 - **Determinism.** With a ``seed`` and a count budget on one rank, the entries made (which case, which
   mask, which texture) are always a prefix of the same sequence, in every run on the same device: the
-  generator is the only user of the bank's random generator and makes one entry per call. What is not
+  generator is the only user of the bank's random generator, and its calls have the same sizes in every
+  run as long as it finishes each epoch's budget (the batch size decides how the random generator is
+  drawn: when a slow generator's epoch is cut short, the sizes of its later calls, and so the random
+  draws, depend on where the cut fell; with batches of one entry they never do). What is not
   reproducible is *when* each entry appears relative to training iterations (and how many a slow
   generator finishes per epoch), hence which entries a training sample can draw. The synchronous mode
   makes the same entries in the same epochs in every run. (nnU-Net's own data loading is
@@ -45,7 +55,7 @@ import traceback
 
 import torch
 
-from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats
+from nnunetv2_tumorsynth.bank.store import SynthesisBank, SynthesisStats, fill_batch_size
 
 THREAD_NAME = "tumorsynth-generator"
 
@@ -84,7 +94,7 @@ class BackgroundGenerator:
         self._stopping = False
         self._epoch = 0
         self._totals = SynthesisStats()
-        self._busy_since: float | None = None  # start of the entry in progress
+        self._busy_since: float | None = None  # start of the call in progress
         self._epoch_start_made = 0
         self._epoch_start_busy = 0.0
         self._epoch_exhausted = False  # no usable case is left: nothing more to make this epoch
@@ -149,10 +159,10 @@ class BackgroundGenerator:
             self._lower_own_priority()
             with self._device_context():
                 while True:
-                    epoch = self._wait_for_budget()
-                    if epoch is None:
+                    budget = self._wait_for_budget()
+                    if budget is None:
                         return
-                    self._make_one(epoch)
+                    self._make_batch(*budget)
         except GenerationCancelled:
             pass
         except BaseException as error:  # kept for check(): the training thread raises it
@@ -163,22 +173,31 @@ class BackgroundGenerator:
                     self._totals.busy_seconds += time.perf_counter() - self._busy_since
                     self._busy_since = None
 
-    def _make_one(self, epoch: int) -> None:
+    def _make_batch(self, epoch: int, count: int) -> None:
+        """One ``SynthesisBank.generate`` call of ``count`` entries (one texture call) for ``epoch``."""
         with self._condition:
             self._busy_since = time.perf_counter()
-        stats = self.bank.generate(self.dataset, self.cases, 1, epoch)
+        stats = self.bank.generate(self.dataset, self.cases, count, epoch)
         with self._condition:
             self._totals.add(stats, time.perf_counter() - self._busy_since)
             self._busy_since = None
             if stats.made == 0:  # every case is unusable: wait for the next epoch instead of spinning
                 self._epoch_exhausted = True
 
-    def _wait_for_budget(self) -> int | None:
-        """Block until the current epoch has budget left; its epoch number, or None when stopping."""
+    def _wait_for_budget(self) -> tuple[int, int] | None:
+        """Block until the current epoch has budget left: (its epoch number, entries for the next call), or None
+        when stopping."""
         with self._condition:
             while not self._stopping and not self._has_budget():
                 self._condition.wait()
-            return None if self._stopping else self._epoch
+            return None if self._stopping else (self._epoch, self._next_batch())
+
+    def _next_batch(self) -> int:
+        """Entries for the next call: the texture's batch, no more than the epoch's remaining count budget."""
+        batch = fill_batch_size(self.bank.texture)
+        if self.seconds_per_epoch is not None:
+            return batch
+        return min(batch, self.entries_per_epoch - (self._totals.made - self._epoch_start_made))
 
     def _has_budget(self) -> bool:
         if self._epoch_exhausted:

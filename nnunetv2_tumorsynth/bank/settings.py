@@ -23,7 +23,9 @@ class SynthSettings(TumourSettings):
     dump_samples: each data-loader worker saves its first N overlays (before/after) for inspection.
     background: make entries in a thread of the trainer's process while training runs (True; see
         ``bank.background``), or at the start of every epoch while training waits (False; fully reproducible
-        under ``seed``). None (default): True on a CUDA device, False otherwise (docs/trainers.md).
+        under ``seed``). None (default): True on a CUDA device, False otherwise (docs/trainers.md). Either way the
+        DDPM texture fills up to its batch of crops per network evaluation (``session.load_texture``'s default
+        4) in one call (``store.fill_batch_size``).
     background_seconds: with ``background``, a budget of generator work per epoch in wall seconds instead of
         the entry count above (None = the count).
     background_threads: PyTorch intra-op threads of the background generator thread.

@@ -85,6 +85,15 @@ class SynthesisStats:
         return total
 
 
+def fill_batch_size(texture) -> int:
+    """Tumours worth filling in one texture call: the texture's crops per network evaluation (``batch_size``) when it
+    has a fixed context crop (the DDPM texture, which samples them batched), else 1 (the heuristic texture fills one
+    crop at a time, so a larger call gains nothing and only makes the caller's work coarser)."""
+    if texture.crop_size is None:
+        return 1
+    return max(1, int(getattr(texture, "batch_size", 1)))
+
+
 def entry_paths(bank_folder: str, case: str) -> list[str]:
     """Finished entries of ``case``, oldest first (temporary files are ignored)."""
     folder = os.path.join(bank_folder, case)
@@ -137,7 +146,8 @@ class SynthesisBank:
 
     def generate(self, dataset, cases: list[str], n: int, epoch: int) -> SynthesisStats:
         """Make ``n`` new entries, for the cases with the fewest entries first; ``dataset`` has nnU-Net's
-        ``load_case``."""
+        ``load_case``. All ``n`` are planned first, then filled in one texture call (the DDPM texture samples
+        ``batch_size`` crops per network evaluation; ``fill_batch_size`` is the ``n`` that uses this fully)."""
         stats = SynthesisStats()
         start = time.perf_counter()
         usable = [c for c in cases if c not in self.unusable_cases]

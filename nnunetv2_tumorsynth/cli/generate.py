@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value (default from dataset.json)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses numpy.random.default_rng([seed, i])")
     parser.add_argument("-device", choices=DEVICES, default="cuda", help="default cuda")
-    parser.add_argument("--batch-size", type=int, default=4, help="diffusion crops per network evaluation")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="diffusion crops per network evaluation, and images whose tumours are sampled together "
+                             "(default 4); the images depend on it through their random draws only, not in "
+                             "distribution (the heuristic texture makes one image at a time)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset with this id, and restart an unfinished generation that "
                              "was made with other settings")

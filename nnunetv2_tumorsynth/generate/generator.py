@@ -30,13 +30,29 @@ Appendix B) need real tumours replaced by synthetic ones in the *same* mask: eve
 component of the preprocessed label is inpainted (no placement), and every raw tumour component it
 covers receives the mapped-back values; the label is unchanged.
 
+Batches. Images are made in batches of ``batch_size`` consecutive indices (batch k holds images kB to
+kB + B - 1; B is 1 for the heuristic texture, which fills one tumour at a time and gains nothing from
+batches, see ``bank.store.fill_batch_size``). Every image of a batch is planned (source case, size, mask,
+placement, calibrated draws: steps 1-2 without the texture) with its own generator ``default_rng([seed, i])``;
+then the tumours of the whole batch are filled in one texture call (the DDPM texture samples ``batch_size``
+crops per network evaluation), whose random draws come from the generator of the batch's first image, after
+its planning; then each image is mapped back (steps 3-4) and written. For a given seed the dataset therefore
+depends on the batch size only through which random numbers fill the tumours (the diffusion noise of each
+crop, the heuristic texture's draws), not in distribution: every image is planned the same way and every
+tumour is filled by the same texture; with batch size 1 each image draws from its own generator alone. An
+image whose tumour vanishes when mapped back (step 4) moves on to the next case, and such images are filled
+together in a further texture call (generator: the first of them).
+
 Files. The dataset is built in a staging folder ``$nnUNet_raw/.Dataset<ID>_<name>.partial/`` that
 survives interruptions: every file is written atomically (temporary name, then rename) and image ``i``
 counts as done once its record ``records/<case>.json`` exists, which is written after its image and
-label. A re-run with the same settings finishes the remaining images (after ``kill -9`` too); other
-settings are refused unless ``overwrite``. When all images exist, the dataset is assembled with the
-shared raw-dataset writer (``files.new_raw_dataset``: temporary folder, renamed into place), so
-``$nnUNet_raw/Dataset<ID>_<name>`` appears complete or not at all; the staging folder is then removed.
+label. A re-run with the same settings finishes the remaining images (after ``kill -9`` too): a batch with
+any image left to do is made whole again and its finished images are not rewritten, so a resumed run writes
+the same images as an uninterrupted one (the batch size may change between runs: the images made after the
+change then draw other random numbers); other settings are refused unless ``overwrite``. When all images
+exist, the dataset is assembled with the shared raw-dataset writer (``files.new_raw_dataset``: temporary
+folder, renamed into place), so ``$nnUNet_raw/Dataset<ID>_<name>`` appears complete or not at all; the
+staging folder is then removed.
 
 The dataset holds imagesTr/labelsTr/dataset.json plus ``splits_final.json`` (each synthetic image in the
 cross-validation fold of its source case; nnUNetv2_plan_and_preprocess copies it from the raw folder to
@@ -54,12 +70,14 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.bank.session import load_texture
+from nnunetv2_tumorsynth.bank.store import fill_batch_size
 from nnunetv2_tumorsynth.files import (
     existing_datasets,
     new_raw_dataset,
@@ -84,9 +102,10 @@ from nnunetv2_tumorsynth.log import Logger
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.shape import MIX_SIZES, SIZE_PRESETS, TumourShape
 from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, measure_cases
-from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSynthesiser
+from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, PlannedTumour, TumourSynthesiser
 
 PAPER_MAX_SEMI_AXIS_MM = 40.5  # the "paper" size draw's upper clip (shape.draw_tumour_shape's semi_axis_range_mm)
+Made = tuple[str, np.ndarray, np.ndarray, SourceCase, dict]  # one image: case name, image, label, source, record
 
 
 def largest_tumour_box(size: str, deformation: str | None, spacing: tuple[float, ...]) -> tuple[int, ...]:
@@ -106,6 +125,19 @@ def largest_tumour_box(size: str, deformation: str | None, spacing: tuple[float,
                              simplex_lambda_per_mm=1.0, simplex_offsets=(), elastic_smoothing_mm=1.0, elastic_seed=0)
         reach_mm = max(reach_mm, semi_axis + widest.max_displacement_mm())
     return tuple(2 * int(reach_mm / s) + 1 for s in spacing)
+
+
+@dataclass
+class _Planned:
+    """One image of a batch between planning and filling."""
+
+    index: int
+    rng: np.random.Generator  # default_rng([seed, index]): plans the image (and fills its batch if it comes first)
+    size: str  # the size preset to place ("mix": one drawn per image)
+    attempt: int = 0  # the source case tried: cases[(index + attempt) % number of cases]
+    source: SourceCase | None = None
+    jobs: list[PlannedTumour] = field(default_factory=list)  # its planned tumours, filled with the batch
+    skipped: int = 0  # replace_real: tumour components larger than the model's context crop, left real
 
 
 class Generator:
@@ -209,40 +241,119 @@ class Generator:
 
     # -------------------------------------------------------------------------------------- one image
 
-    def make_image(self, index: int) -> tuple[str, np.ndarray, np.ndarray, SourceCase, dict] | None:
-        """Synthesise image ``index``: (case name, image, label, source case, record), or None if no case fits."""
+    def batches(self, todo: list[int]) -> list[list[int]]:
+        """The batches that make images ``todo``: blocks of ``batch_size`` consecutive indices (block k holds
+        images kB to kB + B - 1), whole wherever any of their images is to do, so that a resumed run fills every
+        tumour with the same random draws as an uninterrupted one."""
+        size = fill_batch_size(self.texture)
+        return [list(range(k * size, min((k + 1) * size, self.num_images))) for k in sorted({i // size for i in todo})]
+
+    def make_image(self, index: int) -> Made | None:
+        """Synthesise image ``index`` alone (a batch of one): (case name, image, label, source case, record), or
+        None if no case fits."""
+        return next(self.make_images([index]))[1]
+
+    def make_images(self, indices: list[int]) -> Iterator[tuple[int, Made | None]]:
+        """Synthesise images ``indices`` (one batch): each planned with its own generator, then all their tumours
+        filled in one texture call. Yields (index, (case name, image, label, source case, record)) per image as
+        soon as it is mapped back, so that the caller writes it before the next one is mapped back (an interrupted
+        batch leaves its first images finished), and (index, None) for an image that no case has room for."""
+        pending = [self._start(index) for index in indices]
+        while pending:
+            planned = []
+            for image in pending:
+                if self._plan(image):
+                    planned.append(image)
+                else:
+                    yield image.index, None
+            if not planned:
+                return
+            self.synthesiser.rng = planned[0].rng  # the fill's random draws: the batch's first image's generator
+            entries = iter(self.synthesiser.fill([job for image in planned for job in image.jobs]))
+            pending = []
+            for image in planned:
+                made = self._finish(image, [next(entries) for _ in image.jobs], indices, planned[0].index)
+                if made is None:  # the tumour vanished when mapped back to the raw grid: try the next case
+                    image.attempt += 1
+                    pending.append(image)
+                else:
+                    yield image.index, made
+
+    def _start(self, index: int) -> _Planned:
+        """Image ``index`` before planning: its generator, and its size preset (``"mix"``: one drawn from it)."""
         rng = np.random.default_rng([self.settings.seed, index])
-        self.synthesiser.rng = rng
         size = self.settings.size
         if size == "mix":
             size = MIX_SIZES[int(rng.integers(len(MIX_SIZES)))]
-        self.synthesiser.settings = dataclasses.replace(self.settings, size=size)
-        for attempt in range(len(self.cases)):
-            case = self.cases[(index + attempt) % len(self.cases)]
-            source = self.source.load(case)
-            made = self._replace_tumours(source) if self.settings.replace_real else self._add_tumour(source)
-            if made is None:
-                continue
-            image, label, tumours = made
-            record = {
-                "image": self.image_name(index, case), "index": index, "mode": "replaced" if self.settings.replace_real
-                else "synthetic", "source_case": case, "source_image": source.image_file, "tumours": tumours,
-                "deformation": self.settings.deformation, "size_requested": self.settings.size,
-                "texture": self.settings.texture,
-                "polarity": self.settings.heuristic_polarity if self.settings.texture == "heuristic" else None,
-                "steps": self.settings.ddpm_steps if self.checkpoint else None,
-                "sampler": self.settings.ddpm_sampler if self.checkpoint else None, "checkpoint": self.checkpoint,
-                "checkpoint_sha256": self.checkpoint_sha256, "seed": self.settings.seed,
-                "rng": f"numpy.random.default_rng([{self.settings.seed}, {index}])",
-            }
-            return record["image"], image, label, source, record
-        return None
+        return _Planned(index, rng, size)
 
-    def _add_tumour(self, source: SourceCase):
+    def _plan(self, image: _Planned) -> bool:
+        """Plan the image's tumours in its first source case with room, from its current attempt on (its own
+        generator draws); False when no case is left."""
+        self.synthesiser.rng = image.rng
+        self.synthesiser.settings = dataclasses.replace(self.settings, size=image.size)
+        while image.attempt < len(self.cases):
+            source = self.source.load(self.cases[(image.index + image.attempt) % len(self.cases)])
+            jobs, skipped = self._plan_replacements(source) if self.settings.replace_real else \
+                self._plan_tumour(source)
+            if jobs:
+                image.source, image.jobs, image.skipped = source, jobs, skipped
+                return True
+            image.attempt += 1
+        return False
+
+    def _plan_tumour(self, source: SourceCase) -> tuple[list[PlannedTumour], int]:
+        """One new tumour placed in the case's organ, not filled; none when the organ has no room."""
         try:
-            entry = self.synthesiser.synthesise(source.case, source.data, source.seg)
+            job = self.synthesiser.plan(source.case, source.data, source.seg)
         except NoRoom:
+            return [], 0
+        self.synthesiser.check_fits_context(job)
+        return [job], 0
+
+    def _plan_replacements(self, source: SourceCase) -> tuple[list[PlannedTumour], int]:
+        """Every real tumour component of the preprocessed label as a job, not filled, and how many components
+        are larger than the diffusion model's context crop (left real)."""
+        seg = np.asarray(source.seg[0])
+        components, _ = ndimage.label(seg == self.source.tumour_label, np.ones((3, 3, 3), bool))
+        boxes, skipped = [], 0
+        crop = self.texture.crop_size
+        for k, box in enumerate(ndimage.find_objects(components), start=1):
+            mask = components[box] == k
+            if crop is not None and any(s > c for s, c in zip(mask.shape, crop)):
+                skipped += 1  # larger than the model's context: left real (reported in the record)
+                continue
+            boxes.append((np.array([b.start for b in box]), mask))
+        if not boxes:
+            return [], skipped
+        return self.synthesiser.plan_masks(source.case, source.data, source.seg, boxes), skipped
+
+    def _finish(self, image: _Planned, entries: list[Entry], batch: list[int], fill_index: int) -> Made | None:
+        """The filled image mapped back to the raw grid with its record (``batch``: the images planned with it;
+        ``fill_index``: the image whose generator filled its tumours); None if its tumours vanished there."""
+        source = image.source
+        made = self._replace_tumours(source, entries, image.skipped) if self.settings.replace_real else \
+            self._add_tumour(source, entries[0])
+        if made is None:
             return None
+        pixels, label, tumours = made
+        seed = self.settings.seed
+        record = {
+            "image": self.image_name(image.index, source.case), "index": image.index,
+            "mode": "replaced" if self.settings.replace_real else "synthetic", "source_case": source.case,
+            "source_image": source.image_file, "tumours": tumours,
+            "deformation": self.settings.deformation, "size_requested": self.settings.size,
+            "texture": self.settings.texture,
+            "polarity": self.settings.heuristic_polarity if self.settings.texture == "heuristic" else None,
+            "steps": self.settings.ddpm_steps if self.checkpoint else None,
+            "sampler": self.settings.ddpm_sampler if self.checkpoint else None, "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256, "seed": seed,
+            "rng": f"numpy.random.default_rng([{seed}, {image.index}])",
+            "batch": batch, "fill_rng": f"numpy.random.default_rng([{seed}, {fill_index}])",
+        }
+        return record["image"], pixels, label, source, record
+
+    def _add_tumour(self, source: SourceCase, entry: Entry) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
         image_pp, mask_pp = self._paste([entry], source.data[0])
         values, region = to_raw_grid(image_pp, mask_pp, source.properties, self.source.plans_manager,
                                      self.source.configuration_manager)
@@ -258,20 +369,8 @@ class Generator:
                   "voxels": int(region.sum())}
         return image, label, [tumour]
 
-    def _replace_tumours(self, source: SourceCase):
-        seg = np.asarray(source.seg[0])
-        components, count = ndimage.label(seg == self.source.tumour_label, np.ones((3, 3, 3), bool))
-        boxes, skipped = [], 0
-        crop = self.texture.crop_size
-        for k, box in enumerate(ndimage.find_objects(components), start=1):
-            mask = components[box] == k
-            if crop is not None and any(s > c for s, c in zip(mask.shape, crop)):
-                skipped += 1  # larger than the model's context: left real (reported in the record)
-                continue
-            boxes.append((np.array([b.start for b in box]), mask))
-        if not boxes:
-            return None
-        entries = self.synthesiser.fill_masks(source.case, source.data, source.seg, boxes)
+    def _replace_tumours(self, source: SourceCase, entries: list[Entry],
+                         skipped: int) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
         image_pp, mask_pp = self._paste(entries, source.data[0])
         values, region = to_raw_grid(image_pp, mask_pp, source.properties, self.source.plans_manager,
                                      self.source.configuration_manager)
@@ -293,7 +392,7 @@ class Generator:
         image[replaced] = cast_like(source.inverse(values[replaced]), image.dtype)
         if skipped:
             self.log(f"{source.case}: {skipped} tumour component(s) larger than the diffusion model's context crop "
-                     f"{tuple(crop)} kept real")
+                     f"{tuple(self.texture.crop_size)} kept real")
         return image, source.raw_label_array.copy(), tumours
 
     @staticmethod
@@ -329,22 +428,30 @@ class Generator:
             if self.settings.include_real:
                 self._copy_real()
             todo = [i for i in range(self.num_images) if not os.path.isfile(self.record_path(i))]
+            batches = self.batches(todo)
+            remade = sum(len(b) for b in batches) - len(todo)
+            if remade:
+                log(f"{remade} finished image(s) share a batch with unfinished ones: made again for their random "
+                    f"draws, not rewritten")
+            todo_set = set(todo)
             start = time.perf_counter()
             with tqdm(total=self.num_images, initial=self.num_images - len(todo), desc="tumorsynth_generate",
                       disable=not progress, unit="image") as bar:
-                for index in todo:
-                    made = self.make_image(index)
-                    if made is None:
-                        raise GenerateError(f"image {index}: no training case had room for a tumour (organ label "
-                                            f"{self.source.organ_label} too small in every case)")
-                    name, image, label, source, record = made
-                    write_case(self.staging.folder, name, image, label, source, self.source.file_ending)
-                    write_json_atomic(record, self.record_path(index))
-                    bar.update(1)
+                for batch in batches:
+                    for index, made in self.make_images(batch):
+                        if index not in todo_set:
+                            continue
+                        if made is None:
+                            raise GenerateError(f"image {index}: no training case had room for a tumour (organ "
+                                                f"label {self.source.organ_label} too small in every case)")
+                        name, image, label, source, record = made
+                        write_case(self.staging.folder, name, image, label, source, self.source.file_ending)
+                        write_json_atomic(record, self.record_path(index))
+                        bar.update(1)
             if todo:
                 seconds = time.perf_counter() - start
                 log(f"made {len(todo)} images in {seconds:.1f} s ({60 * len(todo) / max(seconds, 1e-9):.2f} "
-                    f"images per minute)")
+                    f"images per minute; batches of up to {fill_batch_size(self.texture)} images)")
             return self._assemble()
         finally:
             self.staging.release_lock()

@@ -36,7 +36,11 @@ class GenerateSettings(TumourSettings):
         plans, configuration and fold (or ``$TUMORSYNTH_DDPM_CHECKPOINT``).
     include_real: also copy the fold's real training cases (unchanged) into the new dataset.
     replace_real: replace each real tumour by a synthetic one in the same mask instead of adding one.
-    device: "cuda" or "cpu" (diffusion model only); batch_size: crops per network evaluation.
+    device: "cuda" or "cpu" (diffusion model only).
+    batch_size: diffusion crops per network evaluation, and images planned together whose tumours are filled in
+        one texture call (``generator``'s "Batches"; the heuristic texture makes one image at a time). The images
+        depend on it only through which random numbers fill the tumours, not in distribution; it may change when
+        an interrupted run resumes.
     overwrite: replace an existing dataset with this id; restart an unfinished run made with other settings.
     """
 
@@ -66,3 +70,5 @@ class GenerateSettings(TumourSettings):
             raise GenerateError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
         if self.mass_effect:
             raise GenerateError("mass_effect is not applied by tumorsynth_generate; leave it at 0")
+        if self.batch_size < 1:
+            raise GenerateError(f"batch_size must be at least 1, got {self.batch_size!r}")

@@ -77,7 +77,7 @@ class NoRoom(Exception):
 
 
 @dataclass
-class _Job:
+class PlannedTumour:
     """A planned tumour, before filling: the case's arrays, the tumour box and how it was drawn."""
 
     case: str
@@ -104,7 +104,7 @@ class TumourSynthesiser:
         self.organ_label, self.tumour_label = organ_label, tumour_label
         self.mass_effect = MassEffect(settings.mass_effect) if settings.mass_effect > 0 else None
 
-    def plan(self, case: str, data, seg) -> _Job:
+    def plan(self, case: str, data, seg) -> PlannedTumour:
         """Draw and place one tumour (CPU work); raises ``NoRoom`` when the organ has no room."""
         labels = np.asarray(seg[0])
         if not (labels == self.organ_label).any():
@@ -129,17 +129,18 @@ class TumourSynthesiser:
         if placed is None:
             raise NoRoom(f"case {case}: organ label {self.organ_label} too small for even a '{SMALLER_SIZES[-1]}' "
                          f"tumour")
-        return _Job(case, image, labels, organ, placed.corner, placed.mask, placed.size, self.settings.size,
+        return PlannedTumour(case, image, labels, organ, placed.corner, placed.mask, placed.size, self.settings.size,
                     placed.requested_radius_mm, draw if placed.size == size else None)
 
     def synthesise(self, case: str, data, seg) -> Entry:
         """One new tumour in one case, planned and filled; raises ``NoRoom``."""
         job = self.plan(case, data, seg)
-        self._check_fits_context(job)
+        self.check_fits_context(job)
         return self.fill([job])[0]
 
-    def fill_masks(self, case: str, data, seg, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[Entry]:
-        """Entries for given masks (e.g. real tumours to replace), no placement; filled in one batch.
+    def plan_masks(self, case: str, data, seg, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[PlannedTumour]:
+        """Jobs for given masks (e.g. real tumours to replace), no placement and no fill, so that the masks of
+        several cases can be filled in one texture call.
 
         ``boxes``: (corner, bool mask box) pairs, corner the voxel index of the box's first corner in the case.
         With size "data" and fold statistics, the heuristic texture draws its contrast, internal SD and edge from
@@ -148,21 +149,22 @@ class TumourSynthesiser:
         labels = np.asarray(seg[0])
         organ = (labels == self.organ_label) | (labels == self.tumour_label)
         calibrated = self.settings.size == "data" and self.statistics is not None
-        jobs = [_Job(case, np.asarray(data[0]), labels, organ, np.asarray(corner), np.asarray(mask, bool),
+        jobs = [PlannedTumour(case, np.asarray(data[0]), labels, organ, np.asarray(corner), np.asarray(mask, bool),
                      draw=self.statistics.draw(self.rng) if calibrated else None)
                 for corner, mask in boxes]
         for job in jobs:
-            self._check_fits_context(job)
-        return self.fill(jobs) if jobs else []
+            self.check_fits_context(job)
+        return jobs
 
-    def _check_fits_context(self, job: _Job) -> None:
+    def check_fits_context(self, job: PlannedTumour) -> None:
+        """Raise ValueError when the tumour's box is larger than the texture's fixed context crop."""
         crop = self.texture.crop_size
         if crop is not None and any(s > c for s, c in zip(job.mask.shape, crop)):
             raise ValueError(
                 f"case {job.case}: tumour box {tuple(job.mask.shape)} voxels is larger than the diffusion model's "
                 f"context crop {tuple(crop)}; use smaller tumours or a model trained with a larger --crop")
 
-    def _context_box(self, job: _Job) -> list[list[int]]:
+    def _context_box(self, job: PlannedTumour) -> list[list[int]]:
         """Crop box (half-open, case voxels) around the tumour: the model's crop size, or a small margin
         (with mass effect: wide enough for its whole ball)."""
         corner, size = job.corner, np.array(job.mask.shape)
@@ -176,7 +178,7 @@ class TumourSynthesiser:
         start = corner + size // 2 - np.array(crop) // 2
         return [[int(s), int(s + c)] for s, c in zip(start, crop)]
 
-    def fill(self, jobs: list[_Job]) -> list[Entry]:
+    def fill(self, jobs: list[PlannedTumour]) -> list[Entry]:
         """Run the texture on every job's context crop (batched when the texture has a fixed crop size).
 
         With mass effect the crop is warped first (image and labels) and the entry gets the region that moved.
@@ -210,7 +212,7 @@ class TumourSynthesiser:
                       for c, m, o, j in zip(crops, masks, parenchymas, jobs)]
         return [self._entry(*args) for args in zip(jobs, filled, masks, originals, regions)]
 
-    def _entry(self, job: _Job, crop: np.ndarray, mask: np.ndarray, before: np.ndarray,
+    def _entry(self, job: PlannedTumour, crop: np.ndarray, mask: np.ndarray, before: np.ndarray,
                region: MassEffectRegion | None) -> Entry:
         offset = [int(c) - b[0] for c, b in zip(job.corner, job.box)]
         in_crop = tuple(slice(o, o + s) for o, s in zip(offset, job.mask.shape))
