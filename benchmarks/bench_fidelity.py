@@ -152,13 +152,17 @@ def main() -> None:
                         help="sampler of the DDPM variants")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", default=None,
+                        help="diffusion checkpoint of the DDPM variants (default: the one bench_benefit.py trained)")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name (keeps several runs apart)")
     args = parser.parse_args()
 
     work = os.path.abspath(args.workdir)
     env = nnunet_env(work)
     env.update(nnUNet_def_n_proc="1", nnUNet_compile="false")
-    checkpoint = os.path.join(env["nnUNet_results"], DATASET, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
-                              "fold_all", "checkpoint_best.pth")
+    checkpoint = args.checkpoint or os.path.join(env["nnUNet_results"], DATASET,
+                                                 f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres", "fold_all",
+                                                 "checkpoint_best.pth")
     needs_ddpm = any(VARIANTS[v][0] == "ddpm" for v in args.variants)
     if needs_ddpm and not os.path.isfile(checkpoint):
         parser.error(f"{checkpoint} does not exist: run bench_benefit.py --workdir {args.workdir} with the ddpm arm")
@@ -204,8 +208,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     print(f"data {data}: {len(real)} real training tumours; -n {args.n} replaced images per variant, {args.sampler} "
-          f"{args.steps} steps; clamp bounds {bounds}")
-    with open(os.path.join(work, f"fidelity_{args.sampler}_{args.steps}steps.json"), "w") as f:
+          f"{args.steps} steps; clamp bounds {bounds}; checkpoint {checkpoint}")
+    with open(os.path.join(work, f"fidelity_{args.sampler}_{args.steps}steps{args.tag}.json"), "w") as f:
         json.dump({"args": vars(args), "data": data, "results": results, "table": table}, f, indent=1)
 
 
