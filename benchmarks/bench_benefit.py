@@ -27,7 +27,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
    internal SD and edge, drawn from the fold's annotated training tumours, never from the test cases; the
-   label-free arm has none and uses Hu et al. 2023's priors); 20 DDIM steps for the DDPM arm (CPU budget). The
+   label-free arm has none and uses Hu et al. 2023's priors); DPM-Solver++(2M), 10 steps, for the DDPM arm. The
    label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5. Label-free heuristic tumours
    (free) have the polarity of ``--heuristic-polarity`` (default: the trainers' default, "either"; "darker" is
    Hu et al. 2023's); calibrated ones (heur) take the sign of the fold's tumours.
@@ -65,7 +65,7 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
     "full": ("Full", "nnUNetTrainer"),
 }
-SYNTH_SETTINGS = {"preview_every": 0, "ddpm_steps": 20}  # 20 DDIM steps: see README (DDPM)
+SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 10 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
 # tumours of its own bank (measured on training cases, never on the test set).
@@ -190,7 +190,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32))
     parser.add_argument("--patch", type=int, nargs=3, default=(16, 32, 32))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--ddpm-epochs", type=int, default=300)
+    parser.add_argument("--ddpm-epochs", type=int, default=1500,
+                        help="tumorsynth_pretrain_ddpm epochs (one pass over the annotated tumours each; 1500 = 3000 "
+                             "iterations for 5 tumours: 300 made noisy fills, docs/benchmarks.md)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
                         help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
