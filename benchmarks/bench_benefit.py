@@ -11,7 +11,8 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    come instead from ``real_mr_dataset.write_real_mr_dataset``: augmented copies of one real abdominal MR with
    1-3 hypointense liver lesions of 4-16 mm equivalent radius drawn by that script's own recipe (not the
    project's synthesis): anatomy and lesions the project did not draw. All its lesions are darker than the liver.
-2. ``tumorsynth_pretrain_ddpm`` on the Scarce training tumours (tiny preset, CPU).
+2. ``tumorsynth_pretrain_ddpm`` on the Scarce training tumours (tiny preset and its CPU recipe: lr 2e-3, batch 4,
+   at least 3,000 iterations; CPU).
 3. Arms, each trained ``--runs`` times (independent runs: different random initialisation and augmentation)
    with the same plans and the same iteration budget (``-tr ..._<E>epochs``, 250 iterations per epoch):
 
@@ -190,9 +191,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32))
     parser.add_argument("--patch", type=int, nargs=3, default=(16, 32, 32))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--ddpm-epochs", type=int, default=1500,
-                        help="tumorsynth_pretrain_ddpm epochs (one pass over the annotated tumours each; 1500 = 3000 "
-                             "iterations for 5 tumours: 300 made noisy fills, docs/benchmarks.md)")
+    parser.add_argument("--ddpm-epochs", type=int, default=300,
+                        help="tumorsynth_pretrain_ddpm epochs (one pass over the annotated tumours each); the tiny "
+                             "preset's --min-iterations 3000 adds epochs when there are few tumours (1500 for 5)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
                         help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
@@ -253,8 +254,8 @@ def main() -> None:
     if "ddpm" in args.arms and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
-             TINY_PLANS, "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--batch-size", "4", "--lr", "2e-3",
-             "--crop", "16", "32", "32", "--val-fraction", "0", "-device", "cpu", "--overwrite"], env, log)
+             TINY_PLANS, "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--crop", "16", "32", "32",
+             "--val-fraction", "0", "-device", "cpu", "--overwrite"], env, log)  # the tiny preset's CPU recipe
     env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
 
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}

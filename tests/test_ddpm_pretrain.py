@@ -401,3 +401,30 @@ def test_trained_model_inpaints_held_out_tumours_better_than_model_free_fills(ph
     assert errors["inpaint"] < 0.7 * best_fill, errors
     per_crop = errors["per_crop"]
     assert np.median(per_crop["inpaint"]) < 0.4 * np.median(per_crop["context_mean"]), errors
+
+
+def test_min_iterations_adds_epochs_for_few_tumours():
+    from nnunetv2_tumorsynth.ddpm.training import TrainingSettings, epochs_for
+
+    few = TrainingSettings(datasets=[1], epochs=300, batch_size=4, min_iterations=3000)
+    assert epochs_for(few, train_crops=5) == 1500  # 2 iterations per epoch
+    assert epochs_for(few, train_crops=40) == 300  # 10 per epoch: 300 epochs are 3000 iterations already
+    assert epochs_for(few, train_crops=5, world=2) == 3000  # 1 iteration per epoch and process
+    assert epochs_for(TrainingSettings(datasets=[1], epochs=7), train_crops=1) == 7  # no minimum by default
+
+
+def test_tiny_preset_gets_the_cpu_recipe_as_defaults(monkeypatch):
+    import nnunetv2_tumorsynth.ddpm.training as training
+    from nnunetv2_tumorsynth.cli import pretrain_ddpm
+
+    seen = {}
+    monkeypatch.setattr(training, "train_ddpm", lambda settings: seen.setdefault("s", settings) and
+                        {"rank": 1})
+    pretrain_ddpm.main(["-d", "1", "-f", "0", "--preset", "tiny"])
+    tiny = seen.pop("s")
+    assert (tiny.lr, tiny.batch_size, tiny.epochs, tiny.min_iterations) == (2e-3, 4, 300, 3000)
+    pretrain_ddpm.main(["-d", "1", "-f", "0", "--preset", "tiny", "--lr", "1e-3", "--min-iterations", "0"])
+    assert (seen["s"].lr, seen["s"].min_iterations) == (1e-3, 0)
+    seen.clear()
+    pretrain_ddpm.main(["-d", "1", "-f", "0"])
+    assert (seen["s"].lr, seen["s"].batch_size, seen["s"].epochs) == (5e-5, 1, 5000)

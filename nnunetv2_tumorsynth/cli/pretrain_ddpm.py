@@ -1,7 +1,7 @@
 """``tumorsynth_pretrain_ddpm``: train the tumour-inpainting diffusion model on a fold's training tumours.
 
     tumorsynth_pretrain_ddpm -d 501 [502 ...] -c 3d_fullres -f 0 [-p nnUNetPlans] [--preset paper]
-        [--epochs 5000] [--batch-size 1] [--crop Z Y X] [-device cuda|cpu] [--c | --overwrite] [--seed 0]
+        [--epochs 5000] [--min-iterations 0] [--batch-size 1] [--lr 5e-5] [--crop Z Y X] [-device cuda|cpu] [--c | --overwrite] [--seed 0]
         [--val-fraction 0.1]
     torchrun --nproc_per_node 4 $(which tumorsynth_pretrain_ddpm) -d 501 -c 3d_fullres -f 0
 
@@ -36,9 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="network preset: paper (862 M parameters, Quinton et al. 2026, Table 1), fast (on-the-fly "
                         "synthesis), tiny (CPU tests). Default paper; with --c the checkpoint's")
-    parser.add_argument("--epochs", type=int, default=5000,
-                        help="total epochs, one pass over the training tumours each (default 5000, as the paper)")
-    parser.add_argument("--batch-size", type=int, default=1, help="crops per iteration and process (default 1)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="total epochs, one pass over the training tumours each (default 5000, as the paper; "
+                        "tiny preset 300)")
+    parser.add_argument("--min-iterations", type=int, default=None,
+                        help="train at least this many iterations, adding epochs when the fold has few tumours "
+                        "(default 0; tiny preset 3000)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="crops per iteration and process (default 1; tiny preset 4)")
     parser.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                         help="crop size in voxels, preprocessed axis order (default: the paper's 192 x 144 x 192 mm "
                         "converted to the plans' spacing, rounded to a multiple of the network's size divisor)")
@@ -49,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="fraction of the training cases with tumours held out, with all their tumours, for "
                         "the validation loss (default 0.1; at least one case when there are two or more; 0 = none)")
-    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, the paper's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="AdamW learning rate (default 5e-5, the paper's; tiny preset 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="checkpoints hold an exponential moving average of the weights with this decay "
@@ -66,7 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and args.overwrite:
         parser.error("--c and --overwrite exclude each other")
 
-    from nnunetv2_tumorsynth.ddpm.training import TrainingSettings, train_ddpm
+    from nnunetv2_tumorsynth.ddpm.training import PRESET_DEFAULTS, TrainingSettings, train_ddpm
+
+    defaults = PRESET_DEFAULTS[args.preset or "paper"]
+    for name in ("epochs", "min_iterations", "batch_size", "lr"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
 
     settings = TrainingSettings(
         datasets=args.d,
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         plans_identifier=args.p,
         preset=args.preset,
         epochs=args.epochs,
+        min_iterations=args.min_iterations,
         batch_size=args.batch_size,
         crop_size=args.crop,
         device=args.device,

@@ -36,6 +36,8 @@ summed over ranks.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import math
 import os
@@ -91,6 +93,7 @@ class TrainingSettings:
     plans_identifier: str = "nnUNetPlans"
     preset: str | None = None  # None: "paper" for a new run, the checkpoint's when resuming
     epochs: int = 5000  # total, counting epochs done before a resume
+    min_iterations: int = 0  # at least this many iterations: more epochs when the fold has few tumours
     batch_size: int = 1  # per process
     crop_size: Sequence[int] | None = None  # None: the paper's 192 x 144 x 192 mm at the plans' spacing
     device: str = "cuda"
@@ -108,6 +111,25 @@ class TrainingSettings:
 
 
 # --------------------------------------------------------------------------------------------- utilities
+
+
+# The defaults of ``tumorsynth_pretrain_ddpm`` per preset: the paper's recipe (Quinton et al. 2026, Appendix A)
+# for "paper" and "fast", and for "tiny" the CPU recipe measured in docs/benchmarks.md (bench_fidelity.py).
+PRESET_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "paper": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0},
+    "fast": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0},
+    "tiny": {"epochs": 300, "batch_size": 4, "lr": 2e-3, "min_iterations": 3000},
+}
+
+
+def epochs_for(settings: TrainingSettings, train_crops: int, world: int = 1) -> int:
+    """``settings.epochs``, raised so that training runs at least ``settings.min_iterations`` iterations.
+
+    An epoch is one pass over the fold's training tumours, so with a handful of annotated tumours it is one or
+    two iterations: 300 epochs of 5 tumours made noisy fills where 3,000 iterations did not (docs/benchmarks.md,
+    bench_fidelity.py)."""
+    per_epoch = math.ceil(train_crops / (settings.batch_size * world))
+    return max(settings.epochs, math.ceil(settings.min_iterations / max(per_epoch, 1)))
 
 
 def _seeded(*entropy: int) -> np.random.Generator:
@@ -363,6 +385,11 @@ def train_ddpm(settings: TrainingSettings) -> dict[str, Any]:
         model = build_model(preset, mask_channel=bool(meta["mask_channel"]),
                             schedule=NoiseSchedule.from_metadata(meta["schedule"]))
     data = _prepare_data(settings, preset, model.size_divisor)
+    epochs = epochs_for(settings, len(data.train), world)
+    if epochs != settings.epochs:
+        note = (f"--min-iterations {settings.min_iterations}: {epochs} epochs instead of --epochs {settings.epochs} "
+                f"({len(data.train)} training tumour crops)")
+        settings = dataclasses.replace(settings, epochs=epochs, extra_log=[*settings.extra_log, note])
     from .trainer import DDPMTrainer
 
     trainer = DDPMTrainer(settings, preset, model, data, out, device, rank, world)
