@@ -37,7 +37,6 @@ summed over ranks.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import math
 import os
