@@ -1,8 +1,11 @@
 """``tumorsynth_pretrain_ddpm``: train the tumour-inpainting diffusion model on a fold's training tumours.
 
     tumorsynth_pretrain_ddpm -d 501 [502 ...] -c 3d_fullres -f 0 [-p nnUNetPlans] [--preset paper]
-        [--epochs 5000] [--min-iterations 0] [--batch-size 1] [--lr 5e-5] [--crop Z Y X] [-device cuda|cpu] [--c | --overwrite] [--seed 0]
-        [--val-fraction 0.1]
+        [--epochs 5000] [--min-iterations 0] [--batch-size 1] [--lr 5e-5] [--crop Z Y X] [-device cuda|cpu]
+        [--c | --overwrite] [--seed 0] [--val-fraction 0.1]
+
+Defaults are per preset (``ddpm.training.PRESET_DEFAULTS``): the paper's recipe, and for ``tiny`` the CPU recipe
+(lr 2e-3, batch 4, at least 3,000 iterations).
     torchrun --nproc_per_node 4 $(which tumorsynth_pretrain_ddpm) -d 501 -c 3d_fullres -f 0
 
 Writes ``$nnUNet_results/<first dataset>/tumorsynth_ddpm__<plans>__<configuration>/fold_<f>/``. The work is
