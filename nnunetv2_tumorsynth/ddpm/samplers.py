@@ -83,6 +83,14 @@ def known_range(x0: torch.Tensor, mask: torch.Tensor, slack: float = 0.5) -> tup
     return lo, hi
 
 
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float,
+               x0_bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The clean image implied by a noise estimate (Ho et al. 2020, eq. 15; Song et al. 2021, eq. 12 "predicted
+    x0"), clipped to ``x0_bounds`` (lo, hi) when given: the one x0 prediction of every sampler."""
+    x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+    return x0_pred if x0_bounds is None else torch.clamp(x0_pred, *x0_bounds)
+
+
 def ddpm_step(
     x_t: torch.Tensor,
     eps: torch.Tensor,
@@ -103,9 +111,7 @@ def ddpm_step(
     abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
     alpha_t = abar_t / abar_prev  # = 1 - beta_t when no step is skipped
     beta_t = 1.0 - alpha_t
-    x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # Ho et al. eq. 15
-    if x0_bounds is not None:
-        x0_pred = torch.clamp(x0_pred, *x0_bounds)
+    x0_pred = predict_x0(x_t, eps, abar_t, x0_bounds)  # Ho et al. eq. 15
     # Ho et al. eq. 7: posterior mean of q(x_{t-1} | x_t, x0_pred); equals mu_theta when nothing is clipped
     mean = (math.sqrt(abar_prev) * beta_t / (1.0 - abar_t) * x0_pred
             + math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t) * x_t)
@@ -133,9 +139,8 @@ def ddim_step(
     ``t_prev >= 0``. With ``x0_bounds`` the predicted x0 is clipped and the noise estimate re-derived from it.
     """
     abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-    x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # eq. 12, "predicted x0"
+    x0_pred = predict_x0(x_t, eps, abar_t, x0_bounds)  # eq. 12, "predicted x0"
     if x0_bounds is not None:
-        x0_pred = torch.clamp(x0_pred, *x0_bounds)
         eps = (x_t - math.sqrt(abar_t) * x0_pred) / math.sqrt(1.0 - abar_t)
     # eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
     sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
@@ -180,9 +185,7 @@ class DPMSolverMultistep:
         x0_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         abar_t, abar_prev = schedule.abar(t), schedule.abar(t_prev)
-        x0_pred = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # data prediction x_theta
-        if x0_bounds is not None:
-            x0_pred = torch.clamp(x0_pred, *x0_bounds)
+        x0_pred = predict_x0(x_t, eps, abar_t, x0_bounds)  # data prediction x_theta
         if t_prev < 0:  # sigma_prev = 0: the ODE's end point is the predicted clean image (first order)
             return x0_pred
         alpha_prev, sigma_t, sigma_prev = math.sqrt(abar_prev), math.sqrt(1.0 - abar_t), math.sqrt(1.0 - abar_prev)
