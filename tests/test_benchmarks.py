@@ -1,0 +1,111 @@
+"""The benefit and fidelity benchmarks' options and the real-anatomy dataset builder, without training.
+
+The builder runs on a stand-in source made here (an MR-like volume with a liver label 5), not on the real MR of
+../shared, so the test makes its own data."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+
+
+def benchmark_module(name: str):
+    """benchmarks/<name>.py as a module (its sibling modules importable, as when it runs as a script)."""
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def stand_in_source(tmp_path_factory) -> str:
+    """mr_abdomen.nii.gz / mr_abdomen_seg.nii.gz: 20 x 60 x 70 voxels of 3 mm, a textured ellipsoid 'liver' (5)."""
+    folder = tmp_path_factory.mktemp("real_mr_stand_in")
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:20, :60, :70]
+    liver = ((z - 10) / 8.5) ** 2 + ((y - 30) / 22) ** 2 + ((x - 35) / 26) ** 2 <= 1
+    image = 60 + 40 * liver + rng.normal(0, 8, liver.shape)
+    files = ((image, "mr_abdomen.nii.gz", np.float32), (5 * liver, "mr_abdomen_seg.nii.gz", np.uint8))
+    for array, name, dtype in files:
+        volume = sitk.GetImageFromArray(array.astype(dtype))
+        volume.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(volume, str(folder / name))
+    return str(folder)
+
+
+def md5_of_split(folder: str, split: str) -> str:
+    digest = hashlib.md5()
+    for sub in (f"images{split}", f"labels{split}"):
+        for name in sorted(os.listdir(os.path.join(folder, sub))):
+            digest.update(sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, sub, name))).tobytes())
+    return digest.hexdigest()
+
+
+def test_real_mr_dataset_builder(stand_in_source, tmp_path):
+    real_mr = benchmark_module("real_mr_dataset")
+    raw = str(tmp_path / "raw")
+    scarce = real_mr.write_real_mr_dataset(raw, 961, "Scarce", 4, 1, 3, seed=0, test_seed=1000,
+                                           source_dir=stand_in_source)
+    full = real_mr.write_real_mr_dataset(raw, 962, "Full", 3, 3, 3, seed=5, test_seed=1000,
+                                         source_dir=stand_in_source)
+    with open(os.path.join(scarce, "dataset.json")) as f:
+        assert json.load(f)["labels"] == {"background": 0, "liver": 1, "tumour": 2}
+    labels = [sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(scarce, "labelsTr", n)))
+              for n in sorted(os.listdir(os.path.join(scarce, "labelsTr")))]
+    assert [bool((label == 2).any()) for label in labels] == [True, False, False, False]  # only 1 annotated
+    assert all(set(np.unique(label)) <= {0, 1, 2} for label in labels)
+    # the test set depends only on the test seed: the same bytes whatever the training settings
+    assert md5_of_split(scarce, "Ts") == md5_of_split(full, "Ts")
+    with open(os.path.join(scarce, "lesions.json")) as f:
+        lesions = json.load(f)["lesions"]
+    assert lesions and all(lesion["contrast_sd"] < 0 for lesion in lesions)  # the recipe's lesions are hypointense
+    with pytest.raises(FileExistsError):
+        real_mr.write_real_mr_dataset(raw, 961, "Scarce", 4, 1, 3, source_dir=stand_in_source)
+    with pytest.raises(ValueError, match="n_annotated"):
+        real_mr.write_real_mr_dataset(raw, 963, "Bad", 2, 3, 1, source_dir=stand_in_source)
+    with pytest.raises(FileNotFoundError, match="mr_abdomen"):
+        real_mr.write_real_mr_dataset(raw, 964, "Missing", 2, 1, 1, source_dir=str(tmp_path))
+
+
+def test_bench_benefit_options_are_checked_before_any_work(tmp_path):
+    script = os.path.join(BENCHMARKS, "bench_benefit.py")
+    run = [sys.executable, script, "--workdir", str(tmp_path / "work")]
+    result = subprocess.run([*run, "--arms", "heur"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "plain arm is the baseline" in result.stderr
+    result = subprocess.run([*run, "--data", "ct"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "real_mr" in result.stderr
+    assert not os.path.exists(tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "data.txt").write_text("phantom")
+    result = subprocess.run([*run, "--data", "real_mr", "--reuse"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "holds --data phantom" in result.stderr
+
+
+def test_bench_fidelity_summary():
+    fidelity = benchmark_module("bench_fidelity")
+    from nnunetv2_tumorsynth.synthesis.statistics import TumourStatistics
+
+    real = [TumourStatistics(case="a", radius_mm=5.0, axis_ratios=(1.0, 1.0), contrast_sd=c, internal_sd=1.0,
+                             border_gradient_sd=0.5, depth_mm=3.0) for c in (-1.0, -1.5, -2.0)]
+    rows = [{"contrast_sd": c + 0.5, "real_contrast_sd": c, "internal_sd": 1.0, "real_internal_sd": 1.0,
+             "fill_voxels": 10, "at_bounds": 1} for c in (-1.0, -1.5, -2.0)]
+    summary = fidelity.summarise(rows, real)
+    assert summary["median_contrast_difference_sd"] == pytest.approx(0.5)
+    assert summary["ks_internal_sd"] == pytest.approx(0.0)
+    assert 0.0 < summary["ks_contrast"] <= 1.0
+    assert summary["clamp_share"] == pytest.approx(0.1)
+    heuristic_rows = [{k: v for k, v in r.items() if k not in ("fill_voxels", "at_bounds")} for r in rows]
+    assert "clamp_share" not in fidelity.summarise(heuristic_rows, real)
