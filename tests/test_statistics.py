@@ -120,3 +120,34 @@ def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     off = fidelity_check(real, brighter, clamp_share=0.05)
     assert len(off.warnings) == 2
     assert "median contrast (+1." in off.warnings[0] and "5.0 %" in off.warnings[1]
+
+
+class FixedCropTexture:
+    """Stands in for the diffusion texture: a fixed context crop (voxels, z y x), fill unused."""
+
+    def __init__(self, crop_size):
+        self.crop_size = crop_size
+
+
+def test_calibrated_tumours_are_drawn_again_until_they_fit_the_diffusion_crop():
+    """Calibrated sizes follow the fold's tumours with jitter, so some draws outgrow a small diffusion crop: the
+    synthesiser draws those again instead of handing the sampler a mask larger than its crop."""
+    from nnunetv2_tumorsynth.synthesis.synthesise import TumourSettings, TumourSynthesiser
+
+    image, labels = liver_with_tumours(np.random.default_rng(0), -2.0, 6.0)
+    statistics = FoldStatistics(measure_tumours(image, labels, 1, 2, SPACING))
+    crop = (9, 15, 15)  # 18 x 15 x 15 mm: the 6 mm tumours with jitter and deformation sometimes exceed it
+    data, seg = image[None], labels[None]
+    rng = np.random.default_rng(1)
+    unconstrained = TumourSynthesiser(FixedCropTexture(None), TumourSettings(texture="heuristic"), SPACING, 1, 2, rng,
+                                      statistics)
+    boxes = [unconstrained.plan("case", data, seg).mask.shape for _ in range(40)]
+    assert any(any(s > c for s, c in zip(box, crop)) for box in boxes), "the test needs draws larger than the crop"
+    synthesiser = TumourSynthesiser(FixedCropTexture(crop), TumourSettings(), SPACING, 1, 2,
+                                    np.random.default_rng(1), statistics)
+    for _ in range(40):
+        assert all(s <= c for s, c in zip(synthesiser.plan("case", data, seg).mask.shape, crop))
+    too_small = TumourSynthesiser(FixedCropTexture((3, 3, 3)), TumourSettings(), SPACING, 1, 2,
+                                  np.random.default_rng(1), statistics)
+    with pytest.raises(ValueError, match="larger than the diffusion model's context crop"):
+        too_small.plan("case", data, seg)

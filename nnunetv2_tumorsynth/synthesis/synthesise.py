@@ -21,6 +21,7 @@ from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 HEURISTIC_CONTEXT_VOXELS = 4  # margin around the tumour box given to the heuristic texture (and its vessel search)
+MAX_DRAWS = 20  # draws of a tumour before a size too large for the diffusion model's crop is an error
 SAMPLERS = ("ddim", "ddpm", "dpm++2m")  # ddpm.samplers.SAMPLERS (without importing torch)
 
 
@@ -106,7 +107,10 @@ class TumourSynthesiser:
         self.mass_effect = MassEffect(settings.mass_effect) if settings.mass_effect > 0 else None
 
     def plan(self, case: str, data, seg) -> PlannedTumour:
-        """Draw and place one tumour (CPU work); raises ``NoRoom`` when the organ has no room."""
+        """Draw and place one tumour (CPU work); raises ``NoRoom`` when the organ has no room.
+
+        With a diffusion texture the tumour must fit the model's context crop: a larger draw (calibrated sizes
+        follow the fold's tumours, jittered) is drawn again, up to ``MAX_DRAWS`` times, then it is an error."""
         labels = np.asarray(seg[0])
         if not (labels == self.organ_label).any():
             raise NoRoom(f"case {case} has no voxels of organ label {self.organ_label}")
@@ -115,23 +119,28 @@ class TumourSynthesiser:
         forbidden = labels == self.tumour_label
         if self.settings.avoid_vessels:
             forbidden |= vessel_mask_from_intensity(image, organ, self.spacing)
-        size, draw, overrides = self.settings.size, None, None
-        if size == "data" and self.statistics is not None:
-            draw = self.statistics.draw(self.rng)
-            size, overrides = draw.preset, {"semi_axes_mm": draw.semi_axes_mm}
-            if self.settings.deformation is not None:
-                overrides["amplitude_mm"] = draw.amplitude_mm
-        elif size == "data":  # no fold statistics (label-free): Hu et al. 2023's sizes
-            size = "mix"
-        placed = place_random_tumour(organ, forbidden, self.spacing, self.rng, size=size,
-                                     deformation=self.settings.deformation,
-                                     min_inside_fraction=self.settings.min_inside_fraction,
-                                     margin_mm=self.settings.margin_mm, shape_overrides=overrides)
-        if placed is None:
-            raise NoRoom(f"case {case}: organ label {self.organ_label} too small for even a '{SMALLER_SIZES[-1]}' "
-                         f"tumour")
-        return PlannedTumour(case, image, labels, organ, placed.corner, placed.mask, placed.size, self.settings.size,
-                    placed.requested_radius_mm, draw if placed.size == size else None)
+        for _ in range(MAX_DRAWS):  # a tumour larger than the diffusion model's context crop is drawn again
+            size, draw, overrides = self.settings.size, None, None
+            if size == "data" and self.statistics is not None:
+                draw = self.statistics.draw(self.rng)
+                size, overrides = draw.preset, {"semi_axes_mm": draw.semi_axes_mm}
+                if self.settings.deformation is not None:
+                    overrides["amplitude_mm"] = draw.amplitude_mm
+            elif size == "data":  # no fold statistics (label-free): Hu et al. 2023's sizes
+                size = "mix"
+            placed = place_random_tumour(organ, forbidden, self.spacing, self.rng, size=size,
+                                         deformation=self.settings.deformation,
+                                         min_inside_fraction=self.settings.min_inside_fraction,
+                                         margin_mm=self.settings.margin_mm, shape_overrides=overrides)
+            if placed is None:
+                raise NoRoom(f"case {case}: organ label {self.organ_label} too small for even a "
+                             f"'{SMALLER_SIZES[-1]}' tumour")
+            job = PlannedTumour(case, image, labels, organ, placed.corner, placed.mask, placed.size,
+                                self.settings.size, placed.requested_radius_mm, draw if placed.size == size else None)
+            if self.fits_context(job):
+                return job
+        self.check_fits_context(job)  # MAX_DRAWS draws too large for the context crop: say so
+        return job
 
     def synthesise(self, case: str, data, seg) -> Entry:
         """One new tumour in one case, planned and filled; raises ``NoRoom``."""
@@ -157,10 +166,15 @@ class TumourSynthesiser:
             self.check_fits_context(job)
         return jobs
 
+    def fits_context(self, job: PlannedTumour) -> bool:
+        """The tumour's box fits the texture's fixed context crop (always true without one)."""
+        crop = self.texture.crop_size
+        return crop is None or all(s <= c for s, c in zip(job.mask.shape, crop))
+
     def check_fits_context(self, job: PlannedTumour) -> None:
         """Raise ValueError when the tumour's box is larger than the texture's fixed context crop."""
         crop = self.texture.crop_size
-        if crop is not None and any(s > c for s, c in zip(job.mask.shape, crop)):
+        if not self.fits_context(job):
             raise ValueError(
                 f"case {job.case}: tumour box {tuple(job.mask.shape)} voxels is larger than the diffusion model's "
                 f"context crop {tuple(crop)}; use smaller tumours or a model trained with a larger --crop")
