@@ -191,9 +191,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, nargs=3, default=(8, 16, 32))
     parser.add_argument("--patch", type=int, nargs=3, default=(16, 32, 32))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--ddpm-epochs", type=int, default=300,
-                        help="tumorsynth_pretrain_ddpm epochs (one pass over the annotated tumours each); the tiny "
-                             "preset's --min-iterations 3000 adds epochs when there are few tumours (1500 for 5)")
+    parser.add_argument("--ddpm-epochs", type=int, default=None,
+                        help="tumorsynth_pretrain_ddpm --epochs (one pass over the annotated tumours each; default: "
+                             "the tiny preset's recipe, 300 epochs and at least 3000 iterations)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
                         help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
@@ -254,8 +254,9 @@ def main() -> None:
     if "ddpm" in args.arms and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
-             TINY_PLANS, "--preset", "tiny", "--epochs", str(args.ddpm_epochs), "--crop", "16", "32", "32",
-             "--val-fraction", "0", "-device", "cpu", "--overwrite"], env, log)  # the tiny preset's CPU recipe
+             TINY_PLANS, "--preset", "tiny", *(["--epochs", str(args.ddpm_epochs)] if args.ddpm_epochs else []),
+             "--crop", "16", "32", "32", "--val-fraction", "0", "-device", "cpu", "--overwrite"],
+            env, log)  # the tiny preset's CPU recipe
     env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
 
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}

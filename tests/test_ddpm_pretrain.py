@@ -426,5 +426,8 @@ def test_tiny_preset_gets_the_cpu_recipe_as_defaults(monkeypatch):
     pretrain_ddpm.main(["-d", "1", "-f", "0", "--preset", "tiny", "--lr", "1e-3", "--min-iterations", "0"])
     assert (seen["s"].lr, seen["s"].min_iterations) == (1e-3, 0)
     seen.clear()
+    pretrain_ddpm.main(["-d", "1", "-f", "0", "--preset", "tiny", "--epochs", "2"])  # explicit epochs: as given
+    assert (seen["s"].epochs, seen["s"].min_iterations) == (2, 0)
+    seen.clear()
     pretrain_ddpm.main(["-d", "1", "-f", "0"])
     assert (seen["s"].lr, seen["s"].batch_size, seen["s"].epochs) == (5e-5, 1, 5000)

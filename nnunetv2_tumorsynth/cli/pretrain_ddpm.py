@@ -5,7 +5,8 @@
         [--c | --overwrite] [--seed 0] [--val-fraction 0.1]
 
 Defaults are per preset (``ddpm.training.PRESET_DEFAULTS``): the paper's recipe, and for ``tiny`` the CPU recipe
-(lr 2e-3, batch 4, at least 3,000 iterations).
+(lr 2e-3, batch 4, 300 epochs and at least 3,000 iterations; an explicit ``--epochs`` is trained as given
+unless ``--min-iterations`` is given too).
     torchrun --nproc_per_node 4 $(which tumorsynth_pretrain_ddpm) -d 501 -c 3d_fullres -f 0
 
 Writes ``$nnUNet_results/<first dataset>/tumorsynth_ddpm__<plans>__<configuration>/fold_<f>/``. The work is
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tiny preset 300)")
     parser.add_argument("--min-iterations", type=int, default=None,
                         help="train at least this many iterations, adding epochs when the fold has few tumours "
-                        "(default 0; tiny preset 3000)")
+                        "(default 0; tiny preset without --epochs: 3000)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="crops per iteration and process (default 1; tiny preset 4)")
     parser.add_argument("--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     from nnunetv2_tumorsynth.ddpm.training import PRESET_DEFAULTS, TrainingSettings, train_ddpm
 
     defaults = PRESET_DEFAULTS[args.preset or "paper"]
-    for name in ("epochs", "min_iterations", "batch_size", "lr"):
+    if args.min_iterations is None:  # an explicit --epochs is trained as given
+        args.min_iterations = defaults["min_iterations"] if args.epochs is None else 0
+    for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
 
