@@ -164,7 +164,7 @@ def test_ddpm_trainer_end_to_end(phantom_dataset, tmp_path):
     folder = os.path.join(os.environ["nnUNet_results"], ds.name, f"nnUNetTrainerSynthTumorTiny__{ds.plans}__3d_fullres",
                           "fold_2")
     log = open(glob.glob(os.path.join(folder, "training_log_*.txt"))[0]).read()
-    assert "diffusion model" in log and "preset tiny" in log and "5 DDIM steps" in log
+    assert "diffusion model" in log and "preset tiny" in log and "5 DPM++2M steps" in log
     assert "background generator makes" in log and log.count("training waited 0.00 s") == 2
     assert "background generator stopped" in log and "ERROR the background generator" not in log
     split = json.load(open(os.path.join(ds.preprocessed, "splits_final.json")))[2]

@@ -63,7 +63,8 @@ def _env(phantom, results: str | None = None) -> dict:
 
 def _train_cmd(phantom, dataset=None, *extra: str) -> list[str]:
     return [cli("tumorsynth_pretrain_ddpm"), "-d", str(dataset or phantom.dataset_id), "-c", phantom.configuration,
-            "-f", "0", "-p", phantom.plans, "--preset", "tiny", "--crop", *CROP, "-device", "cpu", *extra]
+            "-f", "0", "-p", phantom.plans, "--preset", "tiny", "--crop", *CROP, "-device", "cpu",
+            "--batch-size", "1", "--lr", "5e-5", *extra]  # the paper's optimiser (the tiny recipe is tested apart)
 
 
 def _folder(results: str, name: str, plans: str, fold: int = 0) -> str:
