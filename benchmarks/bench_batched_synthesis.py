@@ -20,7 +20,7 @@ the CPU, for every batch size B (the DDPM texture's ``batch_size``, crops per ne
 Each figure is the median of ``--repeats`` repeats, interleaved over the batch sizes. Prints one Markdown table,
 then the exact command, the torch thread count and the load averages before and after.
 
-Measured: not yet (the development machine was busy); a quick check that the script runs end to end:
+Measured: docs/benchmarks.md (one repeat, quiet 2-core machine). A quick check that the script runs end to end:
 
     python benchmarks/bench_batched_synthesis.py --repeats 1 --batch-sizes 1 2 --bank-entries 2 -n 2 --steps 2 \\
         --ddpm-epochs 1
