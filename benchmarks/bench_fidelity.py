@@ -62,19 +62,24 @@ def checkpoint_without_range(checkpoint: str, out: str) -> str:
     return out
 
 
-def lesion_rows(env: dict, generated: str, texture: str, bounds: tuple[float, float] | None) -> list[dict]:
+def scarce_source():
+    """The Scarce dataset's fold "all" as tumorsynth_generate reads it (raw and preprocessed cases, normalisation);
+    nnU-Net's folders must be set in ``os.environ`` (``main`` does)."""
+    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
+    from nnunetv2_tumorsynth.generate.source import GenerationSource
+
+    return GenerationSource(GenerateSettings(dataset=DATASET, as_dataset=999, fold="all", plans=TINY_PLANS,
+                                             texture="heuristic", device="cpu"))
+
+
+def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> list[dict]:
     """One row per replaced lesion: the synthetic and the real tumour's features, and (DDPM) clamp counts."""
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
-    from nnunetv2_tumorsynth.generate.source import GenerationSource
     from nnunetv2_tumorsynth.synthesis.features import tumour_components
     from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
 
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
-    source = GenerationSource(GenerateSettings(dataset=DATASET, as_dataset=999, fold="all", plans=TINY_PLANS,
-                                               texture=texture, device="cpu"))
     with open(os.path.join(generated, "synthesis_records.json")) as f:
         records = json.load(f)
     rows = []
@@ -124,17 +129,13 @@ def summarise(rows: list[dict], real_tumours: list) -> dict:
     return out
 
 
-def real_training_tumours(env: dict) -> list:
+def real_training_tumours(source) -> list:
     """The fold's annotated training tumours, measured in the raw images as the synthetic ones are."""
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunetv2_tumorsynth.generate.settings import GenerateSettings
-    from nnunetv2_tumorsynth.generate.source import GenerationSource
     from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
 
-    source = GenerationSource(GenerateSettings(dataset=DATASET, as_dataset=999, fold="all", plans=TINY_PLANS,
-                                               texture="heuristic", device="cpu"))
     tumours = []
     for name in source.cases_with(source.tumour_label):
         case = source.load(name)
@@ -176,7 +177,8 @@ def main() -> None:
         bounds = tuple(meta["intensity_range"]["clamp"])
 
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
-    real = real_training_tumours(env)
+    source = scarce_source()
+    real = real_training_tumours(source)
     results = {}
     for name in args.variants:
         texture, extra, strip = VARIANTS[name]
@@ -193,7 +195,7 @@ def main() -> None:
         run_cli(cmd, env, echo=True, log=os.path.join(work, "fidelity_commands.log"))
         seconds = time.perf_counter() - start
         generated = os.path.join(env["nnUNet_raw"], f"Dataset{dataset_id}_{cmd[cmd.index('--name') + 1]}")
-        rows = lesion_rows(env, generated, texture, bounds if texture == "ddpm" else None)
+        rows = lesion_rows(source, generated, bounds if texture == "ddpm" else None)
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
     header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",

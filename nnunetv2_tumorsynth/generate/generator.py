@@ -308,7 +308,6 @@ class Generator:
             job = self.synthesiser.plan(source.case, source.data, source.seg)
         except NoRoom:
             return [], 0
-        self.synthesiser.check_fits_context(job)
         return [job], 0
 
     def _plan_replacements(self, source: SourceCase) -> tuple[list[PlannedTumour], int]:

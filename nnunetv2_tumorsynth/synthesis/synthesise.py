@@ -144,9 +144,7 @@ class TumourSynthesiser:
 
     def synthesise(self, case: str, data, seg) -> Entry:
         """One new tumour in one case, planned and filled; raises ``NoRoom``."""
-        job = self.plan(case, data, seg)
-        self.check_fits_context(job)
-        return self.fill([job])[0]
+        return self.fill([self.plan(case, data, seg)])[0]
 
     def plan_masks(self, case: str, data, seg, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[PlannedTumour]:
         """Jobs for given masks (e.g. real tumours to replace), no placement and no fill, so that the masks of
