@@ -22,10 +22,10 @@ def test_workdir_stamp_refusal_and_overwrite(tmp_path):
         assert (work / var).is_dir()
     Demo(DemoSettings(workdir=str(work))).prepare_workdir()  # same version and settings: resumes
     with pytest.raises(FileExistsError, match="--overwrite"):
-        Demo(DemoSettings(workdir=str(work), epochs=10)).prepare_workdir()  # other settings
+        Demo(DemoSettings(workdir=str(work), epochs=5)).prepare_workdir()  # other settings
     (work / "keep.txt").write_text("x")
     (work / "nnUNet_results" / "old.txt").write_text("demo output")
-    Demo(DemoSettings(workdir=str(work), epochs=10, overwrite=True)).prepare_workdir()
+    Demo(DemoSettings(workdir=str(work), epochs=5, overwrite=True)).prepare_workdir()
     assert (work / "keep.txt").read_text() == "x", "--overwrite removes only what the demo made"
     assert not (work / "nnUNet_results" / "old.txt").exists()
     other = tmp_path / "other"

@@ -1,6 +1,6 @@
 """``tumorsynth_demo``: the method shown working on phantoms, on a CPU, in one command.
 
-    tumorsynth_demo [--workdir demo] [--overwrite]
+    tumorsynth_demo [--workdir demo] [--seed 0] [--overwrite]
 
 Argparse and one call of :func:`nnunetv2_tumorsynth.demo.run_demo`; see that module for what runs.
 """
@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="demo", help="everything is written here (default ./demo)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete a work folder made by another version of the demo (or holding other files)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the phantom data (training cases; the held-out cases use seed + 1000)")
     args = parser.parse_args(argv)
     try:
-        run_demo(DemoSettings(workdir=args.workdir, overwrite=args.overwrite))
+        run_demo(DemoSettings(workdir=args.workdir, overwrite=args.overwrite, seed=args.seed))
     except (FileExistsError, RuntimeError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
