@@ -125,6 +125,23 @@ def test_generator_makes_each_epochs_budget_then_idles(dataset, tmp_path):
     assert not generator_threads(), "a stopped generator never starts again"
 
 
+def test_rejected_entries_spend_the_budget(dataset, tmp_path):
+    """A quality gate that rejects every entry makes the generator idle after its budget, not spin."""
+    texture = FakeTexture()
+    settings = SynthSettings(texture="heuristic", size="small", seed=1, min_contrast_sd=1e6)
+    bank = SynthesisBank(str(tmp_path), texture, settings, SPACING, organ_label=1, tumour_label=2)
+    generator = BackgroundGenerator(bank, dataset, dataset.identifiers, 3, None, threads=1, nice=5)
+    try:
+        generator.new_epoch(0)
+        wait_until(lambda: generator.totals().rejected == 3)
+        time.sleep(0.3)
+        assert texture.calls == 3, "idle once the epoch's budget is spent"
+        generator.check()
+    finally:
+        generator.stop()
+    assert generator.totals().made == 0 and not entry_paths(str(tmp_path), "case0")
+
+
 def test_generator_fills_batches_within_each_epochs_budget(dataset, tmp_path):
     texture = FakeTexture(batch_size=2)
     generator = make_generator(tmp_path, dataset, texture, entries_per_epoch=5)

@@ -18,6 +18,7 @@ from nnunetv2_tumorsynth.phantom import PhantomSettings, make_phantom_case
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES
 from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
+from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 
 SPACING = (3.0, 1.5, 1.5)
@@ -149,6 +150,36 @@ def test_bank_keeps_only_the_newest_entries(dataset, tmp_path):
         bank.generate(dataset, ["case0"], 2, epoch)
     names = [os.path.basename(p) for p in entry_paths(str(tmp_path), "case0")]
     assert len(names) == 2 and all(n.startswith("e00002") for n in names)
+
+
+def written_contrasts(dataset, folder) -> list[float]:
+    """Contrast to the parenchyma ring (ring SDs) of every written entry, measured as real tumours are."""
+    contrasts = []
+    for case in dataset.identifiers:
+        data, seg, _, _ = dataset.load_case(case)
+        for path in entry_paths(str(folder), case):
+            entry = Entry.load(path)
+            image, labels = data[0].copy(), seg[0].copy()
+            entry.paste_into(image)
+            labels[entry.box][entry.mask] = 3
+            contrasts += [t.contrast_sd for t in measure_tumours(image, labels, 1, 3, SPACING)]
+    return contrasts
+
+
+def test_quality_gate_drops_only_entries_fainter_than_its_threshold(dataset, tmp_path):
+    cases = ["case0", "case1", "case2"]
+    ungated = make_bank(tmp_path / "off", max_entries_per_case=20)
+    stats = ungated.generate(dataset, cases, 12, epoch=0)
+    contrasts = np.abs(written_contrasts(dataset, tmp_path / "off"))
+    assert stats.made == 12 and stats.rejected == 0 and len(contrasts) == 12
+    threshold = float(np.median(contrasts))
+    gated = make_bank(tmp_path / "on", max_entries_per_case=20, min_contrast_sd=threshold)
+    stats = gated.generate(dataset, cases, 12, epoch=0)
+    kept = np.abs(written_contrasts(dataset, tmp_path / "on"))
+    assert stats.made + stats.rejected == 12 and stats.rejected > 0 and stats.made == len(kept) > 0
+    assert np.all(kept >= threshold), "no written entry is fainter than the gate"
+    with pytest.raises(ValueError, match="min_contrast_sd"):
+        SynthSettings(min_contrast_sd=-1.0).check()
 
 
 def test_overlaid_array_crops_like_a_pasted_copy():

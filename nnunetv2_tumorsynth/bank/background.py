@@ -95,7 +95,7 @@ class BackgroundGenerator:
         self._epoch = 0
         self._totals = SynthesisStats()
         self._busy_since: float | None = None  # start of the call in progress
-        self._epoch_start_made = 0
+        self._epoch_start_attempted = 0  # made + rejected before this epoch
         self._epoch_start_busy = 0.0
         self._epoch_exhausted = False  # no usable case is left: nothing more to make this epoch
         self._thread: threading.Thread | None = None
@@ -110,7 +110,7 @@ class BackgroundGenerator:
         """
         with self._condition:
             self._epoch = epoch
-            self._epoch_start_made = self._totals.made
+            self._epoch_start_attempted = self._attempted()
             self._epoch_start_busy = self._busy_seconds()
             self._epoch_exhausted = False
             self._condition.notify_all()
@@ -181,7 +181,7 @@ class BackgroundGenerator:
         with self._condition:
             self._totals.add(stats, time.perf_counter() - self._busy_since)
             self._busy_since = None
-            if stats.made == 0:  # every case is unusable: wait for the next epoch instead of spinning
+            if stats.made + stats.rejected == 0:  # every case is unusable: wait for the next epoch, no spinning
                 self._epoch_exhausted = True
 
     def _wait_for_budget(self) -> tuple[int, int] | None:
@@ -197,14 +197,18 @@ class BackgroundGenerator:
         batch = fill_batch_size(self.bank.texture)
         if self.seconds_per_epoch is not None:
             return batch
-        return min(batch, self.entries_per_epoch - (self._totals.made - self._epoch_start_made))
+        return min(batch, self.entries_per_epoch - (self._attempted() - self._epoch_start_attempted))
 
     def _has_budget(self) -> bool:
         if self._epoch_exhausted:
             return False
         if self.seconds_per_epoch is not None:
             return self._busy_seconds() - self._epoch_start_busy < self.seconds_per_epoch
-        return self._totals.made - self._epoch_start_made < self.entries_per_epoch
+        return self._attempted() - self._epoch_start_attempted < self.entries_per_epoch
+
+    def _attempted(self) -> int:
+        """Entries made or rejected by the quality gate: both spend the epoch's budget."""
+        return self._totals.made + self._totals.rejected
 
     def _busy_seconds(self) -> float:
         running = 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since

@@ -175,7 +175,8 @@ class SyntheticTumourTraining:
         else:
             how = f"then {self.entries_per_epoch} new entries at the start of every epoch (synchronous)"
         self.check_fidelity()
-        self.log(f"synthetic tumours: initial bank {stats.made} entries in {stats.busy_seconds:.1f} s (bank held "
+        gate = f", {stats.rejected} rejected by the quality gate" if stats.rejected else ""
+        self.log(f"synthetic tumours: initial bank {stats.made} entries{gate} in {stats.busy_seconds:.1f} s (bank held "
                  f"{held} "
                  f"before); {how}; probability {s.probability}, each entry reused ~{s.reuse} times")
         return SyntheticTumourDataset(dataset_tr, self.bank_folder, s.probability, self.tumour_label,
@@ -261,6 +262,8 @@ class SyntheticTumourTraining:
         radii = now.radii_mm[len(last.radii_mm):]
         drawn = now.requested_radii_mm[len(last.requested_radii_mm):]
         fallbacks = now.fallbacks - last.fallbacks
+        rejected = now.rejected - last.rejected
+        gate = f" ({rejected} more rejected as fainter than {self.settings.min_contrast_sd} SD)" if rejected else ""
         sizes = "sizes n/a"
         if radii:
             sizes = (f"size {'/'.join(requested)} requested, median equivalent radius {np.median(drawn):.1f} mm "
@@ -269,7 +272,7 @@ class SyntheticTumourTraining:
             smaller = ", ".join(f"{size} {used.count(size)}" for size in sorted(set(used) - set(requested)))
             if smaller:
                 sizes += f" ({smaller})"
-        self.log(f"synthetic tumours: {made} made (mean volume {volume}); generator busy {busy:.2f} s, "
+        self.log(f"synthetic tumours: {made} made{gate} (mean volume {volume}); generator busy {busy:.2f} s, "
                  f"training waited {self._waited_this_epoch:.2f} s; {uses.overlaid} of {uses.loaded} samples the data "
                  f"loaders prepared received one (prefetching included, so counts run ahead of the epoch); "
                  f"bank holds {held} entries; {sizes}")

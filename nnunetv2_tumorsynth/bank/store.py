@@ -29,8 +29,9 @@ import numpy as np
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.figures import new_figure, save_figure
 from nnunetv2_tumorsynth.synthesis.entry import Entry, UnreadableEntry
-from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics
-from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, TumourSynthesiser
+from nnunetv2_tumorsynth.synthesis.features import tumour_features
+from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, FoldStatistics
+from nnunetv2_tumorsynth.synthesis.synthesise import NoRoom, PlannedTumour, TumourSynthesiser
 
 BANK_SUBFOLDERS = ("usage", "dumps", "unreadable")  # bank folders that are not cases
 
@@ -44,6 +45,7 @@ class SynthesisStats:
     sizes_requested (the settings' size preset), sizes_used (the preset placed, smaller after a fallback),
     radii_mm (equivalent radius in mm of the placed mask after clipping), requested_radii_mm (equivalent radius
     in mm of the first tumour drawn at the requested preset). fallbacks: entries placed with a smaller preset.
+    rejected: entries filled but not written, too faint for the quality gate (``SynthSettings.min_contrast_sd``).
     """
 
     made: int = 0
@@ -55,6 +57,7 @@ class SynthesisStats:
     radii_mm: list[float] = field(default_factory=list)
     requested_radii_mm: list[float] = field(default_factory=list)
     fallbacks: int = 0
+    rejected: int = 0
 
     def add(self, other: SynthesisStats, busy_seconds: float | None = None) -> None:
         """Count ``other`` in; ``busy_seconds`` replaces its own wall time when given."""
@@ -67,6 +70,7 @@ class SynthesisStats:
         self.radii_mm += other.radii_mm
         self.requested_radii_mm += other.requested_radii_mm
         self.fallbacks += other.fallbacks
+        self.rejected += other.rejected
 
     def add_entry(self, entry: Entry) -> None:
         self.made += 1
@@ -147,7 +151,9 @@ class SynthesisBank:
     def generate(self, dataset, cases: list[str], n: int, epoch: int) -> SynthesisStats:
         """Make ``n`` new entries, for the cases with the fewest entries first; ``dataset`` has nnU-Net's
         ``load_case``. All ``n`` are planned first, then filled in one texture call (the DDPM texture samples
-        ``batch_size`` crops per network evaluation; ``fill_batch_size`` is the ``n`` that uses this fully)."""
+        ``batch_size`` crops per network evaluation; ``fill_batch_size`` is the ``n`` that uses this fully).
+        With the quality gate on, entries fainter than ``settings.min_contrast_sd`` are counted in
+        ``rejected`` and not written."""
         stats = SynthesisStats()
         start = time.perf_counter()
         usable = [c for c in cases if c not in self.unusable_cases]
@@ -166,13 +172,28 @@ class SynthesisBank:
                 warnings.warn(f"{e}; skipped", stacklevel=2)
                 usable.remove(case)
                 stats.skipped_cases.append(case)
-        for entry in self.synthesiser.fill(jobs) if jobs else []:
+        for job, entry in zip(jobs, self.synthesiser.fill(jobs) if jobs else []):
+            if self.settings.min_contrast_sd > 0 and abs(self.contrast_sd(job, entry)) < self.settings.min_contrast_sd:
+                stats.rejected += 1
+                continue
             entry.epoch = epoch
             self._write(entry)
             self._prune(entry.case)
             stats.add_entry(entry)
         stats.busy_seconds = time.perf_counter() - start
         return stats
+
+    def contrast_sd(self, job: PlannedTumour, entry: Entry) -> float:
+        """The entry's signed contrast to its parenchyma ring, in ring SDs, measured as the fold's real tumours are
+        (``statistics.measure_tumours``' ``contrast_sd``): the quality gate's measure of visibility."""
+        image = np.array(job.image, np.float32)
+        entry.paste_into(image)
+        tumour = np.zeros(image.shape, bool)
+        tumour[entry.box] = entry.mask
+        parenchyma = job.labels == self.organ_label
+        features = tumour_features(image, tumour, parenchyma, self.spacing,
+                                   other_tumours=job.labels == self.tumour_label, shell_mm=RING_MM)
+        return features["contrast_sd"] if np.isfinite(features["contrast_sd"]) else 0.0
 
     def _write(self, entry: Entry) -> None:
         folder = os.path.join(self.folder, entry.case)
