@@ -80,8 +80,22 @@ def sh(cmd: list[str], env: dict, log: str) -> float:
     return seconds
 
 
+def needed_datasets(arms: list[str]) -> list[str]:
+    """The datasets the arms train on; Scarce always (its imagesTs / labelsTs are the shared test set)."""
+    return [name for name in DATASETS if name == "Scarce" or any(ARMS[arm][0] == name for arm in arms)]
+
+
+def planned(env: dict, name: str) -> bool:
+    return os.path.isfile(os.path.join(env["nnUNet_preprocessed"], f"Dataset{DATASETS[name]}_{name}",
+                                       f"{TINY_PLANS}.json"))
+
+
 def make_datasets(env: dict, args: argparse.Namespace, log: str) -> None:
-    for name, dataset_id in DATASETS.items():
+    """The datasets of ``args.arms`` that are not planned yet (an existing one is kept: --reuse adds arms)."""
+    for name in needed_datasets(args.arms):
+        if planned(env, name):
+            continue
+        dataset_id = DATASETS[name]
         annotated = {"Scarce": args.annotated, "Full": args.train, "Free": 0}[name]
         commands = phantom_commands(
             dataset_id,
@@ -241,11 +255,10 @@ def main() -> None:
     start_all = time.perf_counter()
 
     scarce = f"Dataset{DATASETS['Scarce']}_Scarce"
-    if not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], f"Dataset{DATASETS['Free']}_Free",
-                                       f"{TINY_PLANS}.json")):
+    if not all(planned(env, name) for name in needed_datasets(args.arms)):
         t0 = time.perf_counter()
         make_datasets(env, args, log)
-        timings["datasets"] = time.perf_counter() - t0
+        timings["datasets"] = timings.get("datasets", 0.0) + time.perf_counter() - t0
     test_images = os.path.join(env["nnUNet_raw"], scarce, "imagesTs")
     test_labels = os.path.join(env["nnUNet_raw"], scarce, "labelsTs")
 

@@ -109,3 +109,51 @@ def test_bench_fidelity_summary():
     assert summary["clamp_share"] == pytest.approx(0.1)
     heuristic_rows = [{k: v for k, v in r.items() if k not in ("fill_voxels", "at_bounds")} for r in rows]
     assert "clamp_share" not in fidelity.summarise(heuristic_rows, real)
+
+
+def test_bench_benefit_makes_only_the_datasets_its_arms_train_on():
+    benefit = benchmark_module("bench_benefit")
+    assert benefit.needed_datasets(["plain", "heur"]) == ["Scarce"]
+    assert benefit.needed_datasets(["plain", "full", "free"]) == ["Scarce", "Full", "Free"]
+
+
+def write_benefit(folder, rows: dict) -> None:
+    os.makedirs(folder)
+    with open(os.path.join(folder, "benefit.json"), "w") as f:
+        json.dump({"rows": rows}, f)
+
+
+def test_bench_label_efficiency_options_table_curve_and_figure(tmp_path):
+    script = os.path.join(BENCHMARKS, "bench_label_efficiency.py")
+    work = tmp_path / "curve"
+    result = subprocess.run([sys.executable, script, "--workdir", str(work), "--annotated", "0", "2"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "between 1 and --train 8" in result.stderr and not work.exists()
+    result = subprocess.run([sys.executable, script, "--workdir", str(work), "--report-only"], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 2 and "no results" in result.stderr
+
+    def run(dice, sensitivity=0.5, fp=1.0):
+        return {"dice": dice, "sensitivity": sensitivity, "fp_per_case": fp}
+
+    plain = {1: [0.0, 0.1], 2: [0.2, 0.2], 4: [0.5, 0.6], 8: [0.8, 0.9]}
+    heur = {1: [0.3, 0.3], 2: [0.6, 0.7], 4: [0.7, 0.7], 8: [0.9, 0.9]}
+    for k in plain:
+        write_benefit(work / f"annotated{k}", {"plain": [run(d) for d in plain[k]], "heur": [run(d) for d in heur[k]]})
+    result = subprocess.run([sys.executable, script, "--workdir", str(work), "--report-only"], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "| 4 | heur | 2 | 0.700 ± 0.000 (0.700 / 0.700)" in result.stdout
+    assert "1 annotated case(s) reach the tumour Dice that plain nnU-Net reaches with 2" in result.stdout
+    assert "2 annotated case(s) reach the tumour Dice that plain nnU-Net reaches with 4" in result.stdout
+    assert (work / "label_efficiency.png").stat().st_size > 1000
+
+    efficiency = benchmark_module("bench_label_efficiency")
+    command = efficiency.benefit_command(
+        type("Args", (), {"workdir": str(work), "train": 8, "test": 12, "epochs": 10, "arm": "heur",
+                          "data": "real_mr", "seed": 3})(), 4, 2)
+    assert command[command.index("--workdir") + 1] == str(work / "annotated4")
+    for option, value in (("--annotated", "4"), ("--runs", "2"), ("--data", "real_mr"), ("--seed", "3")):
+        assert command[command.index(option) + 1] == value
+    assert "--reuse" in command and command[command.index("--arms") + 1:command.index("--arms") + 3] == ["plain",
+                                                                                                        "heur"]
