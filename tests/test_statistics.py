@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
+from conftest import log_line
 
+from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths
 from nnunetv2_tumorsynth.synthesis.entry import Entry
@@ -151,3 +156,29 @@ def test_calibrated_tumours_are_drawn_again_until_they_fit_the_diffusion_crop():
                                   np.random.default_rng(1), statistics)
     with pytest.raises(ValueError, match="larger than the diffusion model's context crop"):
         too_small.plan("case", data, seg)
+
+
+def test_quality_gate_data_takes_the_faintest_annotated_tumour(tmp_path):
+    image, labels = liver_with_tumours(np.random.default_rng(2), -1.5, 6.0)
+
+    class OneCase:
+        identifiers = ["case0"]
+
+        def load_case(self, identifier):
+            return image[None], labels[None], None, {"class_locations": {2: np.argwhere(labels[None] == 2)}}
+
+    lines: list[str] = []
+    settings = SynthSettings(texture="heuristic", size="data", seed=0, margin_mm=2.0, min_contrast_sd="data",
+                             preview_every=0)
+    settings.check()
+    dataset = SimpleNamespace(name="Dataset999_Fake", spacing=SPACING, organ_label=1, tumour_label=2, num_channels=1,
+                              configuration="3d_fullres", configuration_manager=SimpleNamespace(spacing=SPACING))
+    training = SyntheticTumourTraining(settings, lines.append, str(tmp_path), dataset, 0, torch.device("cpu"))
+    training.start(OneCase(), batch_size=2, iterations_per_epoch=10, epoch=0)
+    training.stop()
+    faintest = min(abs(t.contrast_sd) for t in measure_tumours(image, labels, 1, 2, SPACING))
+    assert training.bank.min_contrast_sd == pytest.approx(faintest) and 1.0 < faintest < 2.0
+    assert log_line(lines, "quality gate", f"{faintest:.2f}")
+    for bad in ("faint", -0.5, True):
+        with pytest.raises(ValueError, match="min_contrast_sd"):
+            SynthSettings(min_contrast_sd=bad).check()

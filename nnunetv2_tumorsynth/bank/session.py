@@ -190,6 +190,13 @@ class SyntheticTumourTraining:
         self.statistics = statistics
         write_json_atomic(json_safe(statistics.to_json()), os.path.join(self.preview_folder, STATISTICS_JSON))
         self.log("synthetic tumours: the fold's annotated training tumours (median [10-90 %]):\n" + statistics.table())
+        if self.settings.min_contrast_sd == "data":
+            if statistics.calibrated:
+                self.bank.min_contrast_sd = statistics.faintest_contrast_sd()
+                self.log(f"synthetic tumours: quality gate: entries fainter than {self.bank.min_contrast_sd:.2f} "
+                         f"parenchyma SDs (the faintest annotated tumour) are not written")
+            else:
+                self.log(f"synthetic tumours: quality gate off: fewer than {MIN_TUMOURS} annotated tumours to set it")
         if self.settings.size != "data":
             return
         if statistics.calibrated:
@@ -263,7 +270,7 @@ class SyntheticTumourTraining:
         drawn = now.requested_radii_mm[len(last.requested_radii_mm):]
         fallbacks = now.fallbacks - last.fallbacks
         rejected = now.rejected - last.rejected
-        gate = f" ({rejected} more rejected as fainter than {self.settings.min_contrast_sd} SD)" if rejected else ""
+        gate = f" ({rejected} more rejected as fainter than {self.bank.min_contrast_sd:.2f} SD)" if rejected else ""
         sizes = "sizes n/a"
         if radii:
             sizes = (f"size {'/'.join(requested)} requested, median equivalent radius {np.median(drawn):.1f} mm "

@@ -32,7 +32,9 @@ class SynthSettings(TumourSettings):
     background_nice: added to the background generator thread's nice value on Linux (0 = none).
     min_contrast_sd: quality gate: an entry whose contrast to its parenchyma ring (``statistics.RING_MM``) is
         fainter than this many ring SDs (absolute value) is not written, as an invisible tumour is label noise (a
-        cheap form of the gate of Wu et al. 2025, FreeTumor). 0 (default) = off; measured in docs/benchmarks.md.
+        cheap form of the gate of Wu et al. 2025, FreeTumor). "data": the faintest of the fold's annotated
+        tumours (off when the fold has fewer than ``statistics.MIN_TUMOURS``), since a fixed threshold that suits
+        one dataset rejects most real lesions of another. 0 (default) = off; measured in docs/benchmarks.md.
         Rejected entries count against the epoch's budget.
     """
 
@@ -45,15 +47,17 @@ class SynthSettings(TumourSettings):
     background_seconds: float | None = None
     background_threads: int = 1
     background_nice: int = 0
-    min_contrast_sd: float = 0.0
+    min_contrast_sd: float | str = 0.0
 
     def check(self) -> None:
         """Raise ValueError naming the first setting outside its choices or range."""
         super().check()
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"setting 'probability' must be between 0 and 1, got {self.probability!r}")
-        if self.min_contrast_sd < 0:
-            raise ValueError(f"setting 'min_contrast_sd' must be 0 (off) or positive, got {self.min_contrast_sd!r}")
+        gate = self.min_contrast_sd
+        if gate != "data" and (isinstance(gate, (str, bool)) or not isinstance(gate, (int, float)) or gate < 0):
+            raise ValueError(f"setting 'min_contrast_sd' must be 0 (off), a positive number of parenchyma SDs or "
+                             f"'data', got {gate!r}")
         for name in ("reuse", "max_entries_per_case"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name!r} must be at least 1, got {getattr(self, name)!r}")

@@ -137,6 +137,9 @@ class SynthesisBank:
                                              statistics)
         self.unusable_cases: set[str] = set()
         self._counter = 0
+        # the quality gate's threshold in parenchyma-ring SDs (0 = off); "data" is set from the fold's tumours by
+        # the training session (``SyntheticTumourTraining._calibrate``), off until then
+        self.min_contrast_sd = 0.0 if settings.min_contrast_sd == "data" else float(settings.min_contrast_sd)
         os.makedirs(folder, exist_ok=True)
 
     @property
@@ -152,8 +155,8 @@ class SynthesisBank:
         """Make ``n`` new entries, for the cases with the fewest entries first; ``dataset`` has nnU-Net's
         ``load_case``. All ``n`` are planned first, then filled in one texture call (the DDPM texture samples
         ``batch_size`` crops per network evaluation; ``fill_batch_size`` is the ``n`` that uses this fully).
-        With the quality gate on, entries fainter than ``settings.min_contrast_sd`` are counted in
-        ``rejected`` and not written."""
+        With the quality gate on, entries fainter than ``min_contrast_sd`` are counted in ``rejected`` and not
+        written."""
         stats = SynthesisStats()
         start = time.perf_counter()
         usable = [c for c in cases if c not in self.unusable_cases]
@@ -173,7 +176,7 @@ class SynthesisBank:
                 usable.remove(case)
                 stats.skipped_cases.append(case)
         for job, entry in zip(jobs, self.synthesiser.fill(jobs) if jobs else []):
-            if self.settings.min_contrast_sd > 0 and abs(self.contrast_sd(job, entry)) < self.settings.min_contrast_sd:
+            if self.min_contrast_sd > 0 and abs(self.contrast_sd(job, entry)) < self.min_contrast_sd:
                 stats.rejected += 1
                 continue
             entry.epoch = epoch

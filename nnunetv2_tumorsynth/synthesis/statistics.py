@@ -113,6 +113,11 @@ class FoldStatistics:
     def __init__(self, tumours: Iterable[TumourStatistics]):
         self.tumours = [t for t in tumours if all(math.isfinite(getattr(t, f)) for f in FEATURES)]
 
+    def faintest_contrast_sd(self) -> float:
+        """The smallest absolute contrast to the parenchyma ring among the tumours (ring SDs): the quality gate's
+        threshold with ``min_contrast_sd: "data"``."""
+        return min(abs(t.contrast_sd) for t in self.tumours)
+
     @property
     def calibrated(self) -> bool:
         """Enough tumours to draw from (``MIN_TUMOURS``)."""
