@@ -24,6 +24,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    heur      Scarce       nnUNetTrainerSynthTumorHeuristic_<E>epochs
    free      Free         nnUNetTrainerSynthTumorHeuristic_<E>epochs (no real tumour)
    full      Full         nnUNetTrainer_<E>epochs (every tumour annotated)
+   gated     Scarce       as ddpm, with the quality gate ``min_contrast_sd: "data"``
    ========  ===========  =========================================================
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
@@ -41,7 +42,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 Run::
 
     python benchmarks/bench_benefit.py [--workdir /tmp/bench_benefit] [--runs 3] [--epochs 10] \\
-        [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full] \\
+        [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full gated] \\
         [--heuristic-polarity either|darker|brighter] [--data phantom|real_mr] [--real-mr-source DIR]
 
 Measured: see the README section "Does it help?" (the figures, the command and the machine).
@@ -65,12 +66,13 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "heur": ("Scarce", "nnUNetTrainerSynthTumorHeuristic"),
     "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
     "full": ("Full", "nnUNetTrainer"),
+    "gated": ("Scarce", "nnUNetTrainerSynthTumor"),  # with the quality gate (ARM_SETTINGS)
 }
 SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 10 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
 # tumours of its own bank (measured on training cases, never on the test set).
-ARM_SETTINGS = {"free": {"probability": 1.0}}
+ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"}}
 
 
 def sh(cmd: list[str], env: dict, log: str) -> float:
@@ -208,7 +210,7 @@ def main() -> None:
     parser.add_argument("--ddpm-epochs", type=int, default=None,
                         help="tumorsynth_pretrain_ddpm --epochs (one pass over the annotated tumours each; default: "
                              "the tiny preset's recipe, 300 epochs and at least 3000 iterations)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["plain", "ddpm", "heur", "free", "full"], choices=list(ARMS))
     parser.add_argument("--heuristic-polarity", choices=("either", "darker", "brighter"), default="either",
                         help="polarity of the heuristic tumours of the heur and free arms (SynthSettings)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (the test set uses seed + 1000)")
@@ -264,7 +266,7 @@ def main() -> None:
 
     checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
                               "fold_all", "checkpoint_best.pth")
-    if "ddpm" in args.arms and not os.path.isfile(checkpoint):
+    if {"ddpm", "gated"} & set(args.arms) and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
              TINY_PLANS, "--preset", "tiny", *(["--epochs", str(args.ddpm_epochs)] if args.ddpm_epochs else []),

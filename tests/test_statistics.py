@@ -177,8 +177,8 @@ def test_quality_gate_data_takes_the_faintest_annotated_tumour(tmp_path):
     training.start(OneCase(), batch_size=2, iterations_per_epoch=10, epoch=0)
     training.stop()
     faintest = min(abs(t.contrast_sd) for t in measure_tumours(image, labels, 1, 2, SPACING))
-    assert training.bank.min_contrast_sd == pytest.approx(faintest) and 1.0 < faintest < 2.0
-    assert log_line(lines, "quality gate", f"{faintest:.2f}")
+    assert training.bank.min_contrast_sd == pytest.approx(0.5 * faintest) and 1.0 < faintest < 2.0
+    assert log_line(lines, "quality gate", f"{0.5 * faintest:.2f}")
     for bad in ("faint", -0.5, True):
         with pytest.raises(ValueError, match="min_contrast_sd"):
             SynthSettings(min_contrast_sd=bad).check()

@@ -35,6 +35,7 @@ from nnunetv2_tumorsynth.files import json_safe, write_json_atomic
 from nnunetv2_tumorsynth.nnunet import PreprocessedDataset, case_slice_spacings_mm, find_ddpm_checkpoint
 from nnunetv2_tumorsynth.synthesis.entry import Entry, UnreadableEntry
 from nnunetv2_tumorsynth.synthesis.statistics import (
+    GATE_FRACTION,
     MIN_TUMOURS,
     FidelityCheck,
     FoldStatistics,
@@ -192,9 +193,9 @@ class SyntheticTumourTraining:
         self.log("synthetic tumours: the fold's annotated training tumours (median [10-90 %]):\n" + statistics.table())
         if self.settings.min_contrast_sd == "data":
             if statistics.calibrated:
-                self.bank.min_contrast_sd = statistics.faintest_contrast_sd()
+                self.bank.min_contrast_sd = GATE_FRACTION * statistics.faintest_contrast_sd()
                 self.log(f"synthetic tumours: quality gate: entries fainter than {self.bank.min_contrast_sd:.2f} "
-                         f"parenchyma SDs (the faintest annotated tumour) are not written")
+                         f"parenchyma SDs ({GATE_FRACTION:g} x the faintest annotated tumour) are not written")
             else:
                 self.log(f"synthetic tumours: quality gate off: fewer than {MIN_TUMOURS} annotated tumours to set it")
         if self.settings.size != "data":

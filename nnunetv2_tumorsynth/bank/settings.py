@@ -32,9 +32,10 @@ class SynthSettings(TumourSettings):
     background_nice: added to the background generator thread's nice value on Linux (0 = none).
     min_contrast_sd: quality gate: an entry whose contrast to its parenchyma ring (``statistics.RING_MM``) is
         fainter than this many ring SDs (absolute value) is not written, as an invisible tumour is label noise (a
-        cheap form of the gate of Wu et al. 2025, FreeTumor). "data": the faintest of the fold's annotated
-        tumours (off when the fold has fewer than ``statistics.MIN_TUMOURS``), since a fixed threshold that suits
-        one dataset rejects most real lesions of another. 0 (default) = off; measured in docs/benchmarks.md.
+        cheap form of the gate of Wu et al. 2025, FreeTumor). "data": half the contrast of the faintest of the
+        fold's annotated tumours (``statistics.GATE_FRACTION``; off when the fold has fewer than
+        ``statistics.MIN_TUMOURS``), since a fixed threshold that suits one dataset rejects most real lesions of
+        another. 0 (default) = off; measured in docs/benchmarks.md.
         Rejected entries count against the epoch's budget.
     """
 
