@@ -29,7 +29,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
    internal SD and edge, drawn from the fold's annotated training tumours, never from the test cases; the
-   label-free arm has none and uses Hu et al. 2023's priors); DPM-Solver++(2M), 10 steps, for the DDPM arm. The
+   label-free arm has none and uses Hu et al. 2023's priors); DPM-Solver++(2M), 5 steps, for the DDPM arms. The
    label-free arm uses p = 1 (``ARM_SETTINGS``), the others the trainers' p = 0.5. Label-free heuristic tumours
    (free) have the polarity of ``--heuristic-polarity`` (default: the trainers' default, "either"; "darker" is
    Hu et al. 2023's); calibrated ones (heur) take the sign of the fold's tumours.
@@ -68,7 +68,7 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "full": ("Full", "nnUNetTrainer"),
     "gated": ("Scarce", "nnUNetTrainerSynthTumor"),  # with the quality gate (ARM_SETTINGS)
 }
-SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 10 steps)
+SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 5 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
 # tumours of its own bank (measured on training cases, never on the test set).

@@ -19,7 +19,7 @@ wall time (default 480 = 8 min) on one CUDA GPU. Prints one Markdown table, also
    z y x at 3 x 1.5 x 1.5 mm), one tumour, batch 1, bf16 autocast: the time of one sampling step (ms; DDIM,
    20 steps timed, divided by 20) against the time its FLOPs (one forward, FlopCounterMode on the meta device)
    take at the GPU's dense bf16 peak (per cent of peak), and the time to inpaint one tumour (s) with the
-   few-step default, DPM-Solver++(2M) with 10 steps.
+   few-step default, DPM-Solver++(2M) with 5 steps.
 3. peak memory (part ``peak_memory``, MiB): of each training, the most ``nvidia-smi`` reported for GPU 0 while it
    ran (polled every 0.5 s; CUDA context and cache included; GPU 0's use before the trainings is in the note), and
    of each in-process measurement, ``torch.cuda.max_memory_allocated``.
@@ -126,7 +126,7 @@ class Sizes:
 GPU = Sizes(device="cuda", phantom=("-n", "8", "--shape", "64", "256", "256"), processes=8, tiny_plans=None,
             plans="nnUNetPlans", pretrain=("--preset", "fast", "--epochs", "2"), plain_trainer="nnUNetTrainerShort",
             synth_trainer="nnUNetTrainerSynthTumorShort", synth_steps=None, presets=("fast", "paper"), crop=GPU_CROP,
-            spacing_mm=GPU_SPACING_MM, ddim_steps=20, few_steps=10, repeats=3, pretrain_preset="paper",
+            spacing_mm=GPU_SPACING_MM, ddim_steps=20, few_steps=5, repeats=3, pretrain_preset="paper",
             train_iters=5)
 DRY = Sizes(device="cpu", phantom=("-n", "5"), processes=1, tiny_plans=(), plans=TINY_PLANS,
             pretrain=("--preset", "tiny", "--epochs", "1", "--crop", "16", "32", "32"),

@@ -92,7 +92,7 @@ class nnUNetTrainerSynthTumorTiny(ShortSchedule, nnUNetTrainerSynthTumor):
     """Short schedule for CPU tests: 2 epochs of 3 iterations, small tumours, preview every epoch."""
 
     schedule = (2, 3, 1)
-    synth = replace(SynthSettings(), size="small", ddpm_steps=10, preview_every=1)
+    synth = replace(SynthSettings(), size="small", preview_every=1)
 
 
 class nnUNetTrainerSynthTumorHeuristicTiny(nnUNetTrainerSynthTumorTiny):

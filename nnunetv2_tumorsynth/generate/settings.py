@@ -57,7 +57,7 @@ class GenerateSettings(TumourSettings):
     device: str = "cuda"
     batch_size: int = 4
     overwrite: bool = False
-    ddpm_steps: int = 250  # the paper's offline sampling, DDIM 250 (the trainers: DPM-Solver++(2M), 10 steps)
+    ddpm_steps: int = 250  # the paper's offline sampling, DDIM 250 (the trainers: DPM-Solver++(2M), 5 steps)
     ddpm_sampler: str = "ddim"
     seed: int = 0
 
