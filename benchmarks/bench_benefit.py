@@ -129,9 +129,11 @@ def write_real_mr(env: dict, args: argparse.Namespace, name: str, dataset_id: in
         f.write(f"$ {call}\n{summary(folder)}\n")
 
 
-def run_env(env: dict, workdir: str, run: int) -> dict:
-    """Each run trains into its own nnUNet_results, so runs of the same trainer do not collide."""
-    results = os.path.join(workdir, f"results_run{run}")
+def run_env(env: dict, workdir: str, run: int, arm: str = "plain") -> dict:
+    """Each run trains into its own nnUNet_results, so runs of the same trainer do not collide; an arm that trains
+    the same trainer on the same dataset as an earlier arm (gated) gets its own as well."""
+    shares = list(ARMS.values()).index(ARMS[arm]) != list(ARMS).index(arm)
+    results = os.path.join(workdir, f"results_run{run}" + (f"_{arm}" if shares else ""))
     for name, dataset_id in DATASETS.items():  # the DDPM (trained once) is found by the trainers through the env
         os.makedirs(os.path.join(results, f"Dataset{dataset_id}_{name}"), exist_ok=True)
     return {**env, "nnUNet_results": results}
@@ -277,7 +279,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     polarities = lesion_polarities(test_images, test_labels)
     for run in range(args.runs):
-        renv = run_env(env, work, run)
+        renv = run_env(env, work, run)  # evaluation only; each arm trains and predicts in its own (below)
         predictions = {}
         for arm in args.arms:
             dataset, trainer = ARMS[arm]
@@ -290,11 +292,11 @@ def main() -> None:
             timings[f"{arm}_run{run}_train"] = sh(
                 ["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-p", TINY_PLANS, "-tr", trainer, "-device",
                  "cpu"],
-                {**renv, "TUMORSYNTH_SETTINGS": settings_files[arm]}, log)
+                {**run_env(env, work, run, arm), "TUMORSYNTH_SETTINGS": settings_files[arm]}, log)
             timings[f"{arm}_run{run}_predict"] = sh(
                 ["nnUNetv2_predict", "-d", dataset_id, "-c", "3d_fullres", "-f", "all", "-p", TINY_PLANS, "-tr",
                  trainer, "-i", test_images, "-o", out + ".partial", "-device", "cpu", "--disable_tta", "-npp", "1",
-                 "-nps", "1"], renv, log)
+                 "-nps", "1"], run_env(env, work, run, arm), log)
             os.replace(out + ".partial", out)
             with open(timings_file, "w") as f:
                 json.dump(timings, f, indent=1)

@@ -117,6 +117,13 @@ def test_bench_benefit_makes_only_the_datasets_its_arms_train_on():
     assert benefit.needed_datasets(["plain", "full", "free"]) == ["Scarce", "Full", "Free"]
 
 
+def test_bench_benefit_arms_of_the_same_trainer_train_into_their_own_results(tmp_path):
+    benefit = benchmark_module("bench_benefit")
+    folders = {arm: benefit.run_env({}, str(tmp_path), 1, arm)["nnUNet_results"] for arm in benefit.ARMS}
+    assert folders["plain"] == folders["ddpm"] == folders["full"] == str(tmp_path / "results_run1")
+    assert folders["gated"] == str(tmp_path / "results_run1_gated"), "gated and ddpm share trainer and dataset"
+
+
 def write_benefit(folder, rows: dict) -> None:
     os.makedirs(folder)
     with open(os.path.join(folder, "benefit.json"), "w") as f:
