@@ -1,6 +1,6 @@
 """tumorsynth_demo: the work folder (version stamp, refusal, --overwrite) and resuming after finished steps.
 
-The full demo (5 to 7 CPU minutes) is what the README's first command runs; these tests check its
+The full demo (about 12 CPU minutes) is what the README's first command runs; these tests check its
 bookkeeping with cheap steps, and that its step list names only commands and trainers that exist.
 """
 

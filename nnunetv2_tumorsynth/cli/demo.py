@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="tumorsynth_demo",
         description="Plain nnU-Net vs nnU-Net with synthetic tumours when annotated tumours are scarce, on phantom "
-        "data through the real commands (about 15 minutes on 2 CPU cores), then box-guided pseudo-labelling and "
+        "data through the real commands (about 12 minutes on 2 CPU cores), then box-guided pseudo-labelling and "
         "offline generation. Prints each command, the comparison table and where the report and pictures are.")
     parser.add_argument("--workdir", default="demo", help="everything is written here (default ./demo)")
     parser.add_argument("--overwrite", action="store_true",
