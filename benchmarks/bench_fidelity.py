@@ -24,6 +24,9 @@ so the raw scale does not matter):
 - per replaced lesion, its contrast minus the contrast of the real tumour it replaced (median, ring SDs);
 - the two-sample Kolmogorov-Smirnov statistic of contrast and of internal SD, all synthetic lesions against the
   fold's real training tumours;
+- the masked MSE of each fill against the tumour it replaced (nnU-Net's normalised units, as
+  ``bench_ddpm_quality.py``; mean over lesions; these tumours were the DDPM's training data, so it compares
+  samplers and step counts, not generalisation);
 - DDPM: the share of fill voxels at or beyond the recorded clamp bounds (the raw fill values normalised back
   with the source case's own nnU-Net normalisation).
 
@@ -99,7 +102,10 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
             row = {"image": record["image"], "case": record["source_case"], "lesion": k,
                    "radius_mm": real[k].radius_mm, "real_contrast_sd": real[k].contrast_sd,
                    "contrast_sd": synthetic[k].contrast_sd, "real_internal_sd": real[k].internal_sd,
-                   "internal_sd": synthetic[k].internal_sd}
+                   "internal_sd": synthetic[k].internal_sd,
+                   # as bench_ddpm_quality.py: mean squared fill error over the mask, nnU-Net's normalised units
+                   "masked_mse": float(np.mean((case.inverse.forward(image[component])
+                                                - case.inverse.forward(real_image[component])) ** 2))}
             if bounds is not None:
                 values = case.inverse.forward(image[component])
                 tolerance = 1e-3 * (bounds[1] - bounds[0])
@@ -124,6 +130,8 @@ def summarise(rows: list[dict], real_tumours: list) -> dict:
            "ks_internal_sd": float(stats.ks_2samp(internal, real_internal).statistic),
            "median_contrast_sd": float(np.median(contrast)), "real_median_contrast_sd": float(np.median(real_contrast)),
            "median_internal_sd": float(np.median(internal)), "real_median_internal_sd": float(np.median(real_internal))}
+    if rows and "masked_mse" in rows[0]:
+        out["masked_mse"] = float(np.mean([r["masked_mse"] for r in rows]))  # mean over lesions
     if rows and "fill_voxels" in rows[0]:
         out["clamp_share"] = sum(r["at_bounds"] for r in rows) / max(1, sum(r["fill_voxels"] for r in rows))
     return out
@@ -199,13 +207,14 @@ def main() -> None:
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
     header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",
-              "contrast synth / real", "internal SD synth / real", "clamp share", "generate s")
+              "contrast synth / real", "internal SD synth / real", "clamp share", "masked MSE", "generate s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         clamp = f"{100 * r['clamp_share']:.2f} %" if "clamp_share" in r else "-"
         cells = [str(r["lesions"]), f"{r['median_contrast_difference_sd']:+.2f}", f"{r['ks_contrast']:.2f}",
                  f"{r['ks_internal_sd']:.2f}", f"{r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f}",
-                 f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f}", clamp, f"{r['seconds']:.0f}"]
+                 f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f}", clamp,
+                 f"{r['masked_mse']:.3f}" if "masked_mse" in r else "-", f"{r['seconds']:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
