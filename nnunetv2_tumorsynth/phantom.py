@@ -2,7 +2,8 @@
 
 Each case is an MR-like volume: a body, an organ ("liver", label 1) with textured parenchyma and a few
 bright vessel-like tubes, and zero to three tumours (label 2) of varied size and contrast, some darker
-and some brighter than the parenchyma. Spacing is anisotropic and the direction cosines are not the
+and some brighter than the parenchyma (or all darker or all brighter: ``PhantomSettings.tumour_polarity``).
+Spacing is anisotropic and the direction cosines are not the
 identity, so geometry bugs show up in tests.
 
 Arrays are in SimpleITK's (z, y, x) order; spacings given to this module are in that order too, in mm.
@@ -32,6 +33,9 @@ class PhantomSettings:
     max_tumours: int = 3
     tumour_free_every: int = 4  # cases with index % n == 1 have no tumour; 0 = every case has tumours
     noise_std: float = 6.0
+    # "either": each tumour darker or brighter than the parenchyma at random; "darker" / "brighter": all of them
+    # (the random draws are the same, so an "either" phantom is unchanged by this setting's existence)
+    tumour_polarity: str = "either"
 
 
 # A rotation of 10 degrees about z combined with flipped x and y (as in scanner LPS data).
@@ -114,6 +118,8 @@ def make_phantom_case(
             centre_mm = [c[i] for c, i in zip((z, y, x), centre_vox)]
             tumour = _ellipsoid(shape, spacing, centre_mm, radius * rng.uniform(0.8, 1.2, 3)) & liver
             contrast = rng.choice([-1.0, 1.0]) * rng.uniform(35.0, 60.0)
+            if settings.tumour_polarity != "either":
+                contrast = abs(contrast) * (-1.0 if settings.tumour_polarity == "darker" else 1.0)
             texture = 120.0 + contrast + 10.0 * _smooth_noise(rng, shape, 1.0)
             weight = ndimage.gaussian_filter(tumour.astype(np.float32), 0.7) * tumour
             image = image * (1 - weight) + texture * weight

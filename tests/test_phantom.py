@@ -25,6 +25,23 @@ def test_phantom_case_has_organ_vessels_and_tumours():
     assert 2 not in no_tumour
 
 
+def test_tumour_polarity_fixes_the_sign_and_nothing_else():
+    from scipy import ndimage
+
+    def tumour_means(polarity):
+        image, label = make_phantom_case(np.random.default_rng(5), PhantomSettings(tumour_polarity=polarity))
+        components, n = ndimage.label(label == 2)
+        organ = np.median(image[label == 1])
+        return label, [image[components == i].mean() - organ for i in range(1, n + 1)]
+
+    label_either, either = tumour_means("either")
+    assert min(either) < 0 < max(either), "this seed draws both polarities"
+    for polarity, sign in (("darker", -1), ("brighter", 1)):
+        label, means = tumour_means(polarity)
+        assert np.array_equal(label, label_either), "the same tumours, only their sign fixed"
+        assert all(sign * m > 15 for m in means), (polarity, means)
+
+
 def test_phantom_dataset_is_valid_and_geometry_is_not_trivial(phantom_dataset):
     ds = json.load(open(os.path.join(phantom_dataset.raw, "dataset.json")))
     assert ds["labels"] == {"background": 0, "liver": 1, "tumour": 2}

@@ -34,13 +34,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="cases with index %% N == 1 have no tumour (default 4; 0: every case has tumours)")
     parser.add_argument("--test-seed", type=int, default=None,
                         help="seed of the test cases alone, so datasets differing only in training share a test set")
+    parser.add_argument("--tumour-polarity", choices=("either", "darker", "brighter"), default="either",
+                        help="tumours darker or brighter than the liver at random (default), or all darker or all "
+                        "brighter")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"-n {args.n}: the dataset needs at least 1 training case")
     if args.n_test < 0:
         parser.error(f"--n-test {args.n_test}: the number of test cases cannot be negative")
-    settings = PhantomSettings()
+    settings = PhantomSettings(tumour_polarity=args.tumour_polarity)
     if args.shape:
         extent_mm = [n * s for n, s in zip(args.shape, settings.spacing)]
         if min(extent_mm) < MIN_EXTENT_MM:
