@@ -125,6 +125,10 @@ def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     off = fidelity_check(real, brighter, clamp_share=0.05)
     assert len(off.warnings) == 2
     assert "median contrast (+1." in off.warnings[0] and "5.0 %" in off.warnings[1]
+    mixed = FoldStatistics([replace(t, contrast_sd=-t.contrast_sd) if i == 0 else t
+                            for i, t in enumerate(real.tumours)])
+    warnings = fidelity_check(mixed, brighter, clamp_share=0.0).warnings
+    assert len(warnings) == 1 and "darker (2) and brighter (1)" in warnings[0], "no median of a two-signed set"
 
 
 class FixedCropTexture:

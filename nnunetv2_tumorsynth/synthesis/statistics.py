@@ -210,11 +210,18 @@ def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
             rows.append({"feature": feature, "real": float(np.median(a)), "synthetic": float(np.median(b)),
                          "ks": float(stats.ks_2samp(a, b).statistic)})
     warnings = []
+    signs = np.sign([t.contrast_sd for t in real.tumours])
+    darker, brighter = int(np.sum(signs < 0)), int(np.sum(signs > 0))
     contrast = next((r for r in rows if r["feature"] == "contrast_sd"), None)
-    if contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
+    if darker and brighter:  # the median of a two-signed set says nothing; the mix itself is the risk
+        warnings.append(f"the annotated tumours are both darker ({darker}) and brighter ({brighter}) than their "
+                        f"parenchyma: on a short budget a small network tends to learn one kind or none "
+                        f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours")
+    elif contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
         warnings.append(f"the synthetic tumours' median contrast ({contrast['synthetic']:+.2f} parenchyma SDs) is "
                         f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): train "
-                        f"the diffusion model longer, use size 'data' (calibration), or another texture")
+                        f"the diffusion model longer, check that size is 'data' (calibration), or use another "
+                        f"texture")
     if clamp_share is not None and clamp_share > MAX_CLAMP_SHARE:
         warnings.append(f"{100 * clamp_share:.1f} % of the diffusion fills' voxels sit at the clamp bounds (more than "
                         f"{100 * MAX_CLAMP_SHARE:g} %): the model is not yet making tumour texture; train it longer "
