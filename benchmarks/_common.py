@@ -132,3 +132,13 @@ def require_cuda() -> None:
 
     if not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device available")
+
+
+def checkpoint_without_range(checkpoint: str, out: str) -> str:
+    """A copy of ``checkpoint`` whose metadata lacks ``intensity_range`` (a checkpoint of the previous release)."""
+    import torch
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload["metadata"].pop("intensity_range", None)
+    torch.save(payload, out)
+    return out

@@ -25,6 +25,8 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    free      Free         nnUNetTrainerSynthTumorHeuristic_<E>epochs (no real tumour)
    full      Full         nnUNetTrainer_<E>epochs (every tumour annotated)
    gated     Scarce       as ddpm, with the quality gate ``min_contrast_sd: "data"``
+   heur_     Scarce       as heur, calibration off (size "small", contrast sign at random): ``heur_before``
+   ddpm_     Scarce       as ddpm, calibration off and the checkpoint's intensity range dropped: ``ddpm_before``
    ========  ===========  =========================================================
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
@@ -57,7 +59,8 @@ import shutil
 import time
 
 import numpy as np
-from _common import TINY_PLANS, argument_parser, nnunet_env, phantom_commands, run_cli, trainers_path
+from _common import (TINY_PLANS, argument_parser, checkpoint_without_range, nnunet_env, phantom_commands, run_cli,
+                     trainers_path)
 
 DATASETS = {"Scarce": 961, "Full": 962, "Free": 963}
 ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
@@ -67,12 +70,19 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "free": ("Free", "nnUNetTrainerSynthTumorHeuristic"),
     "full": ("Full", "nnUNetTrainer"),
     "gated": ("Scarce", "nnUNetTrainerSynthTumor"),  # with the quality gate (ARM_SETTINGS)
+    "heur_before": ("Scarce", "nnUNetTrainerSynthTumorHeuristic"),  # calibration off (ARM_SETTINGS)
+    "ddpm_before": ("Scarce", "nnUNetTrainerSynthTumor"),  # calibration off, checkpoint without intensity range
 }
 SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 5 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
 # into every healthy scan). At p = 0.5 and 1,250 iterations the network did not segment even the synthetic
 # tumours of its own bank (measured on training cases, never on the test set).
-ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"}}
+# The "before" arms switch calibration off as it was before it existed: size "small" (Hu et al. 2023's priors for
+# sizes and, for the heuristic texture, contrast, grain and edge), heuristic contrast sign at random, and (ddpm)
+# the sampler clamps to the crop's range widened by 50 % (a copy of the checkpoint without ``intensity_range``).
+# Everything else (DDPM model, sampler, steps) is the same as in the "after" arms.
+ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"},
+                "heur_before": {"size": "small", "heuristic_polarity": "either"}, "ddpm_before": {"size": "small"}}
 
 
 def sh(cmd: list[str], env: dict, log: str) -> float:
@@ -268,13 +278,17 @@ def main() -> None:
 
     checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
                               "fold_all", "checkpoint_best.pth")
-    if {"ddpm", "gated"} & set(args.arms) and not os.path.isfile(checkpoint):
+    if {"ddpm", "gated", "ddpm_before"} & set(args.arms) and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
              TINY_PLANS, "--preset", "tiny", *(["--epochs", str(args.ddpm_epochs)] if args.ddpm_epochs else []),
              "--crop", "16", "32", "32", "--val-fraction", "0", "-device", "cpu", "--overwrite"],
             env, log)  # the tiny preset's CPU recipe
     env["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint
+    arm_env = {arm: {} for arm in ARMS}
+    if "ddpm_before" in args.arms:
+        arm_env["ddpm_before"]["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint_without_range(
+            checkpoint, os.path.join(work, "ddpm_no_range.pth"))
 
     rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     polarities = lesion_polarities(test_images, test_labels)
@@ -292,7 +306,7 @@ def main() -> None:
             timings[f"{arm}_run{run}_train"] = sh(
                 ["nnUNetv2_train", dataset_id, "3d_fullres", "all", "-p", TINY_PLANS, "-tr", trainer, "-device",
                  "cpu"],
-                {**run_env(env, work, run, arm), "TUMORSYNTH_SETTINGS": settings_files[arm]}, log)
+                {**run_env(env, work, run, arm), "TUMORSYNTH_SETTINGS": settings_files[arm], **arm_env[arm]}, log)
             timings[f"{arm}_run{run}_predict"] = sh(
                 ["nnUNetv2_predict", "-d", dataset_id, "-c", "3d_fullres", "-f", "all", "-p", TINY_PLANS, "-tr",
                  trainer, "-i", test_images, "-o", out + ".partial", "-device", "cpu", "--disable_tta", "-npp", "1",

@@ -43,7 +43,7 @@ import json
 import os
 import time
 
-from _common import TINY_PLANS, argument_parser, nnunet_env, run_cli
+from _common import TINY_PLANS, argument_parser, checkpoint_without_range, nnunet_env, run_cli
 
 DATASET = "Dataset961_Scarce"
 VARIANTS = {  # name: (texture, extra tumorsynth_generate arguments, strip the checkpoint's intensity range)
@@ -53,16 +53,6 @@ VARIANTS = {  # name: (texture, extra tumorsynth_generate arguments, strip the c
     "ddpm after": ("ddpm", [], False),
 }
 FIRST_ID = 980  # variant k is written as dataset FIRST_ID + k
-
-
-def checkpoint_without_range(checkpoint: str, out: str) -> str:
-    """A copy of ``checkpoint`` whose metadata lacks ``intensity_range`` (a checkpoint of the previous release)."""
-    import torch
-
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    payload["metadata"].pop("intensity_range", None)
-    torch.save(payload, out)
-    return out
 
 
 def scarce_source():

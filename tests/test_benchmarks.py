@@ -123,6 +123,30 @@ def test_bench_benefit_arms_of_the_same_trainer_train_into_their_own_results(tmp
     folders = {arm: benefit.run_env({}, str(tmp_path), 1, arm)["nnUNet_results"] for arm in benefit.ARMS}
     assert folders["plain"] == folders["ddpm"] == folders["full"] == str(tmp_path / "results_run1")
     assert folders["gated"] == str(tmp_path / "results_run1_gated"), "gated and ddpm share trainer and dataset"
+    assert folders["heur_before"] == str(tmp_path / "results_run1_heur_before")
+    assert folders["ddpm_before"] == str(tmp_path / "results_run1_ddpm_before")
+
+
+def test_bench_benefit_before_arms_switch_calibration_off(tmp_path):
+    """The "before" arms' settings are valid trainer settings that turn calibration off; the DDPM one gets a
+    checkpoint without its recorded intensity range."""
+    import torch
+
+    from nnunetv2_tumorsynth.bank.settings import SynthSettings
+
+    benefit = benchmark_module("bench_benefit")
+    for arm in ("heur_before", "ddpm_before"):
+        path = tmp_path / f"{arm}.json"
+        path.write_text(json.dumps({**benefit.SYNTH_SETTINGS, **benefit.ARM_SETTINGS[arm]}))
+        settings = SynthSettings().updated_from_json(str(path))
+        settings.check()
+        assert settings.size != "data", "size 'data' is what turns calibration on"
+    assert benefit.ARM_SETTINGS["heur_before"]["heuristic_polarity"] == "either"
+    checkpoint = tmp_path / "ddpm.pth"
+    torch.save({"metadata": {"intensity_range": [-1.0, 1.0], "crop": [8, 8, 8]}, "weights": {}}, checkpoint)
+    stripped = benefit.checkpoint_without_range(str(checkpoint), str(tmp_path / "no_range.pth"))
+    metadata = torch.load(stripped, weights_only=True)["metadata"]
+    assert "intensity_range" not in metadata and metadata["crop"] == [8, 8, 8]
 
 
 def write_benefit(folder, rows: dict) -> None:
