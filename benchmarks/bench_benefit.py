@@ -16,18 +16,18 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
 3. Arms, each trained ``--runs`` times (independent runs: different random initialisation and augmentation)
    with the same plans and the same iteration budget (``-tr ..._<E>epochs``, 250 iterations per epoch):
 
-   ========  ===========  =========================================================
-   arm       dataset      trainer
-   ========  ===========  =========================================================
-   plain     Scarce       nnUNetTrainer_<E>epochs (nnU-Net's own)
-   ddpm      Scarce       nnUNetTrainerSynthTumor_<E>epochs (the tiny DDPM of step 2)
-   heur      Scarce       nnUNetTrainerSynthTumorHeuristic_<E>epochs
-   free      Free         nnUNetTrainerSynthTumorHeuristic_<E>epochs (no real tumour)
-   full      Full         nnUNetTrainer_<E>epochs (every tumour annotated)
-   gated     Scarce       as ddpm, with the quality gate ``min_contrast_sd: "data"``
-   heur_     Scarce       as heur, calibration off (size "small", contrast sign at random): ``heur_before``
-   ddpm_     Scarce       as ddpm, calibration off and the checkpoint's intensity range dropped: ``ddpm_before``
-   ========  ===========  =========================================================
+   ===========  ===========  =====================================================================
+   arm          dataset      trainer
+   ===========  ===========  =====================================================================
+   plain        Scarce       nnUNetTrainer_<E>epochs (nnU-Net's own)
+   ddpm         Scarce       nnUNetTrainerSynthTumor_<E>epochs (the tiny DDPM of step 2)
+   heur         Scarce       nnUNetTrainerSynthTumorHeuristic_<E>epochs
+   free         Free         nnUNetTrainerSynthTumorHeuristic_<E>epochs (no real tumour)
+   full         Full         nnUNetTrainer_<E>epochs (every tumour annotated)
+   gated        Scarce       as ddpm, with the quality gate ``min_contrast_sd: "data"``
+   heur_before  Scarce       as heur, calibration off (size "small", contrast sign at random)
+   ddpm_before  Scarce       as ddpm, calibration off and the checkpoint's intensity range dropped
+   ===========  ===========  =====================================================================
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
    internal SD and edge, drawn from the fold's annotated training tumours, never from the test cases; the
