@@ -101,14 +101,16 @@ def test_bench_fidelity_summary():
     real = [TumourStatistics(case="a", radius_mm=5.0, axis_ratios=(1.0, 1.0), contrast_sd=c, internal_sd=1.0,
                              border_gradient_sd=0.5, depth_mm=3.0) for c in (-1.0, -1.5, -2.0)]
     rows = [{"contrast_sd": c + 0.5, "real_contrast_sd": c, "internal_sd": 1.0, "real_internal_sd": 1.0,
-             "fill_voxels": 10, "at_bounds": 1, "masked_mse": -c} for c in (-1.0, -1.5, -2.0)]
+             "fill_voxels": 10, "at_bounds": 1, "real_at_bounds": k, "masked_mse": -c}
+            for k, c in enumerate((-1.0, -1.5, -2.0))]
     summary = fidelity.summarise(rows, real)
     assert summary["median_contrast_difference_sd"] == pytest.approx(0.5)
     assert summary["ks_internal_sd"] == pytest.approx(0.0)
     assert 0.0 < summary["ks_contrast"] <= 1.0
     assert summary["clamp_share"] == pytest.approx(0.1)
+    assert summary["real_clamp_share"] == pytest.approx(0.1), "the replaced real tumours' own share, same voxels"
     assert summary["masked_mse"] == pytest.approx(1.5), "mean over lesions"
-    heuristic_rows = [{k: v for k, v in r.items() if k not in ("fill_voxels", "at_bounds")} for r in rows]
+    heuristic_rows = [{k: v for k, v in r.items() if k not in ("fill_voxels", "at_bounds", "real_at_bounds")} for r in rows]
     assert "clamp_share" not in fidelity.summarise(heuristic_rows, real)
 
 
