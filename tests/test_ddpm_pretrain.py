@@ -34,7 +34,7 @@ from nnunetv2_tumorsynth.ddpm.data import (
     size_before,
     split_components,
 )
-from nnunetv2_tumorsynth.ddpm.training import ema_update
+from nnunetv2_tumorsynth.ddpm.training import ema_update, is_new_best
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = ["8", "16", "16"]  # voxels (z, y, x) = 24 x 24 x 24 mm at the phantom's 3.0 x 1.5 x 1.5 mm
@@ -160,6 +160,12 @@ def test_ema_update_warms_up_then_uses_the_decay():
     ema_update(ema, model, decay=0.5, num_updates=1000)  # d = min(0.5, 1001 / 1010) = 0.5
     assert ema.weight.item() == pytest.approx(0.95)
     assert model.weight.item() == 1.0
+
+
+def test_best_checkpoint_follows_the_validation_loss_or_else_the_latest_epoch():
+    assert is_new_best(0.5, None) and is_new_best(0.4, 0.5)
+    assert not is_new_best(0.6, 0.5) and not is_new_best(0.5, 0.5)
+    assert is_new_best(None, None) and is_new_best(None, 0.1), "no held-out crops: every epoch, not the train loss"
 
 
 def test_size_before_rotation_gives_the_crop_size():

@@ -37,6 +37,7 @@ from .training import (
     dataset_records,
     ema_update,
     epoch_order,
+    is_new_best,
     params_digest,
     training_batch,
     validation_items,
@@ -200,11 +201,9 @@ class DDPMTrainer:
         state["train_losses"].append(train_loss)
         state["val_losses"].append(val_loss)
         state["epoch_seconds"].append(seconds)
-        # without held-out crops the training loss selects the best checkpoint
-        score = val_loss if val_loss is not None else train_loss
-        improved = state["best_val_loss"] is None or score < state["best_val_loss"]
-        if improved:
-            state["best_val_loss"] = score
+        improved = is_new_best(val_loss, state["best_val_loss"])
+        if improved and val_loss is not None:
+            state["best_val_loss"] = val_loss
         if self.rank != 0:
             return
         self.save_checkpoints(improved)
@@ -215,7 +214,7 @@ class DDPMTrainer:
             self._png_written = time.monotonic()
         val_text = "n/a (no held-out crops)" if val_loss is None else f"{val_loss:.4f}"
         self.log(f"epoch {epoch + 1}/{self.settings.epochs}: train loss {train_loss:.4f}, val loss {val_text}"
-                 f"{' (new best)' if improved else ''}, {seconds:.1f} s")
+                 f"{' (new best)' if improved and val_loss is not None else ''}, {seconds:.1f} s")
         bar.set_postfix(epoch=epoch + 1, train=f"{train_loss:.4f}", val=val_text)
 
     def save_checkpoints(self, improved: bool) -> None:

@@ -13,8 +13,9 @@ model and hands it to a ``DDPMTrainer``, shaped like nnU-Net's trainer: ``run_tr
 - validation: every held-out crop at ``VAL_TIMESTEPS`` fixed timesteps with fixed noise, so the value is
   comparable across epochs (and across runs with the same seed);
 - output, in ``ddpm_output_folder`` (rank 0 only): ``checkpoint_latest.pth`` every epoch,
-  ``checkpoint_best.pth`` (lowest validation loss) when it improves, ``progress.png`` (loss curves; redrawn
-  at most every ``PNG_INTERVAL_S`` and after the last epoch), ``training_log_<timestamp>.txt``; all atomic;
+  ``checkpoint_best.pth`` (lowest validation loss; without held-out crops, every epoch), ``progress.png``
+  (loss curves; redrawn at most every ``PNG_INTERVAL_S`` and after the last epoch),
+  ``training_log_<timestamp>.txt``; all atomic;
 - weights: the checkpoints' ``state_dict`` holds an exponential moving average (EMA) of the trained weights
   (``ema_decay``, with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` after n updates), which is what
   sampling uses and what the validation loss measures; ``ema_decay = 0`` stores the trained weights instead.
@@ -129,6 +130,14 @@ def epochs_for(settings: TrainingSettings, train_crops: int, world: int = 1) -> 
     bench_fidelity.py)."""
     per_epoch = math.ceil(train_crops / (settings.batch_size * world))
     return max(settings.epochs, math.ceil(settings.min_iterations / max(per_epoch, 1)))
+
+
+def is_new_best(val_loss: float | None, best_val_loss: float | None) -> bool:
+    """Whether this epoch's weights become ``checkpoint_best.pth``: a lower validation loss, or, without held-out
+    crops, every epoch (best = latest). One epoch's training loss (a few crops at random timesteps) is too noisy to
+    select on: on the real-MR fold it picked epoch 1032 of 1500, whose fills overshot the tumours' range 5x as
+    often as the last epoch's (docs/benchmarks.md, "Which checkpoint")."""
+    return val_loss is None or best_val_loss is None or val_loss < best_val_loss
 
 
 def _seeded(*entropy: int) -> np.random.Generator:

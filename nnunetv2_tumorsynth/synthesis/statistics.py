@@ -224,6 +224,7 @@ def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
                         f"texture")
     if clamp_share is not None and clamp_share > MAX_CLAMP_SHARE:
         warnings.append(f"{100 * clamp_share:.1f} % of the diffusion fills' voxels sit at the clamp bounds (more than "
-                        f"{100 * MAX_CLAMP_SHARE:g} %): the model is not yet making tumour texture; train it longer "
-                        f"(tumorsynth_pretrain_ddpm --c) or use nnUNetTrainerSynthTumorHeuristic")
+                        f"{100 * MAX_CLAMP_SHARE:g} %): the model overshoots the training tumours' intensities; train "
+                        f"it longer (tumorsynth_pretrain_ddpm with the same arguments plus --c and a larger --epochs; "
+                        f"docs/benchmarks.md, 'Which checkpoint')")
     return FidelityCheck(rows, clamp_share, warnings)
