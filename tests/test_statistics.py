@@ -131,6 +131,31 @@ def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     assert len(warnings) == 1 and "darker (2) and brighter (1)" in warnings[0], "no median of a two-signed set"
 
 
+def test_generate_refuses_size_data_only_when_most_calibrated_tumours_outgrow_the_crop():
+    """tumorsynth_generate's check before it writes anything follows the synthesiser, which draws an oversized
+    calibrated tumour again: a crop that most draws fit is accepted, one that most draws outgrow is refused."""
+    from nnunetv2_tumorsynth.generate.generator import Generator
+    from nnunetv2_tumorsynth.generate.settings import GenerateError
+
+    image, labels = liver_with_tumours(np.random.default_rng(0), -2.0, 6.0)
+    statistics = FoldStatistics(measure_tumours(image, labels, 1, 2, SPACING))
+
+    def generator(crop):
+        fake = SimpleNamespace(texture=FixedCropTexture(crop), statistics=statistics, checkpoint="model.pth",
+                               settings=SimpleNamespace(replace_real=False, size="data", deformation="simplex"),
+                               source=SimpleNamespace(spacing=SPACING, name="Dataset999_Fake"))
+        fake._calibrated_boxes = lambda: Generator._calibrated_boxes(fake)
+        return fake
+
+    boxes = Generator._calibrated_boxes(generator(None))
+    largest = np.max(boxes, axis=0)
+    typical = np.median(boxes, axis=0).astype(int)
+    assert (largest > typical).any(), "the test needs draws larger than the typical one"
+    Generator._check_tumours_fit_crop(generator(tuple(int(v) for v in typical)))  # half or more fit: accepted
+    with pytest.raises(GenerateError, match="--size data"):
+        Generator._check_tumours_fit_crop(generator(tuple(int(v) - 2 for v in typical)))
+
+
 class FixedCropTexture:
     """Stands in for the diffusion texture: a fixed context crop (voxels, z y x), fill unused."""
 

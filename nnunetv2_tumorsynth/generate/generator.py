@@ -194,12 +194,17 @@ class Generator:
 
     def _check_tumours_fit_crop(self) -> None:
         """Refuse, before anything is written, a size preset whose tumours can outgrow the diffusion model's crop
-        (``--replace-real`` keeps real tumours larger than the crop real instead)."""
+        (``--replace-real`` keeps real tumours larger than the crop real instead). Size "data" is refused only when
+        most calibrated draws outgrow it: the synthesiser draws an oversized one again (``TumourSynthesiser.plan``),
+        as the trainers' bank does with the same fold and checkpoint."""
         crop = self.texture.crop_size
         if crop is None or self.settings.replace_real:
             return
         if self.settings.size == "data" and self.statistics.calibrated:
-            box = self._largest_calibrated_box()
+            boxes = self._calibrated_boxes()
+            if np.mean([all(b <= c for b, c in zip(box, crop)) for box in boxes]) >= 0.5:
+                return
+            box = tuple(int(v) for v in np.max(boxes, axis=0))
         else:
             box = largest_tumour_box(self.settings.size, self.settings.deformation, self.source.spacing)
         if any(b > c for b, c in zip(box, crop)):
@@ -209,17 +214,19 @@ class Generator:
                 f"({self.checkpoint}); pass a smaller --size, or train a model with a larger crop: "
                 f"tumorsynth_pretrain_ddpm --crop Z Y X")
 
-    def _largest_calibrated_box(self, draws: int = 1000) -> tuple[int, ...]:
-        """Voxels per axis of the largest tumour box among ``draws`` calibrated draws (a fixed generator)."""
+    def _calibrated_boxes(self, draws: int = 1000) -> list[tuple[int, ...]]:
+        """Voxels per axis (z, y, x) of the box around each of ``draws`` calibrated tumours (a fixed generator):
+        the largest semi-axis plus the deformation's largest displacement, in every direction."""
         rng = np.random.default_rng(0)
-        reach_mm = 0.0
+        boxes = []
         for _ in range(draws):
             draw = self.statistics.draw(rng)
             shape = TumourShape(semi_axes_mm=draw.semi_axes_mm, deformation=self.settings.deformation,
                                 amplitude_mm=draw.amplitude_mm, simplex_lambda_per_mm=1.0, simplex_offsets=(),
                                 elastic_smoothing_mm=1.0, elastic_seed=0)
-            reach_mm = max(reach_mm, max(draw.semi_axes_mm) + shape.max_displacement_mm())
-        return tuple(2 * int(reach_mm / s) + 1 for s in self.source.spacing)
+            reach_mm = max(draw.semi_axes_mm) + shape.max_displacement_mm()
+            boxes.append(tuple(2 * int(reach_mm / s) + 1 for s in self.source.spacing))
+        return boxes
 
     def image_name(self, index: int, case: str) -> str:
         """``<source case>_synth<index>`` (``_replaced<index>`` with ``replace_real``)."""
