@@ -72,7 +72,7 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
     import SimpleITK as sitk
 
     from nnunetv2_tumorsynth.synthesis.features import tumour_components
-    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours
+    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours, voxels_at_bounds
 
     with open(os.path.join(generated, "synthesis_records.json")) as f:
         records = json.load(f)
@@ -98,16 +98,11 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
                    "masked_mse": float(np.mean((case.inverse.forward(image[component])
                                                 - case.inverse.forward(real_image[component])) ** 2))}
             if bounds is not None:
-                tolerance = 1e-3 * (bounds[1] - bounds[0])
-
-                def at_bounds(values: np.ndarray) -> int:
-                    return int(np.sum((values <= bounds[0] + tolerance) | (values >= bounds[1] - tolerance)))
-
                 row["fill_voxels"] = int(component.sum())
-                row["at_bounds"] = at_bounds(case.inverse.forward(image[component]))
+                row["at_bounds"] = voxels_at_bounds(case.inverse.forward(image[component]), bounds)
                 # the floor a perfect model would reach: the bounds are the 0.5 and 99.5 % quantiles of the
                 # training tumours and their parenchyma, so some real tumour voxels lie at or beyond them
-                row["real_at_bounds"] = at_bounds(case.inverse.forward(real_image[component]))
+                row["real_at_bounds"] = voxels_at_bounds(case.inverse.forward(real_image[component]), bounds)
             rows.append(row)
     return rows
 
@@ -206,7 +201,8 @@ def main() -> None:
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
     header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",
-              "contrast synth / real", "internal SD synth / real", "clamp share synth / real", "masked MSE", "generate s")
+              "contrast synth / real", "internal SD synth / real", "clamp share synth / real", "masked MSE",
+              "generate s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         clamp = f"{100 * r['clamp_share']:.2f} / {100 * r['real_clamp_share']:.2f} %" if "clamp_share" in r else "-"

@@ -42,6 +42,7 @@ from nnunetv2_tumorsynth.synthesis.statistics import (
     fidelity_check,
     measure_cases,
     measure_tumours,
+    voxels_at_bounds,
 )
 from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
@@ -231,8 +232,7 @@ class SyntheticTumourTraining:
             synthetic += measure_tumours(image, labels, self.organ_label, synthetic_label, self.spacing, entry.case)
             if bounds is not None:
                 values = entry.values[entry.mask]
-                tolerance = 1e-3 * (bounds[1] - bounds[0])
-                at_bounds += int(np.sum((values <= bounds[0] + tolerance) | (values >= bounds[1] - tolerance)))
+                at_bounds += voxels_at_bounds(values, bounds)
                 fill_voxels += values.size
         self.fidelity = fidelity_check(self.statistics, synthetic, at_bounds / fill_voxels if fill_voxels else None)
         self.log(f"synthetic tumours: fidelity check, {len(synthetic)} synthetic tumours against the "

@@ -179,6 +179,12 @@ MAX_CONTRAST_GAP_SD = 1.0  # fidelity warning: synthetic median contrast this fa
 MAX_CLAMP_SHARE = 0.01  # fidelity warning: this share of DDPM fill voxels at the clamp bounds
 
 
+def voxels_at_bounds(values: np.ndarray, bounds: tuple[float, float]) -> int:
+    """How many of the values sit at or beyond the sampler's clamp bounds (within 0.1 % of their range)."""
+    tolerance = 1e-3 * (bounds[1] - bounds[0])
+    return int(np.sum((values <= bounds[0] + tolerance) | (values >= bounds[1] - tolerance)))
+
+
 @dataclass
 class FidelityCheck:
     """Synthetic tumours against the fold's real ones: medians and the two-sample KS statistic per feature, the
