@@ -79,10 +79,12 @@ SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM:
 # tumours of its own bank (measured on training cases, never on the test set).
 # The "before" arms switch calibration off as it was before it existed: size "small" (Hu et al. 2023's priors for
 # sizes and, for the heuristic texture, contrast, grain and edge), heuristic contrast sign at random, and (ddpm)
-# the sampler clamps to the crop's range widened by 50 % (a copy of the checkpoint without ``intensity_range``).
-# Everything else (DDPM model, sampler, steps) is the same as in the "after" arms.
+# the sampler clamps to the crop's range widened by 50 % (a copy of the checkpoint without ``intensity_range``)
+# and samples each fill from noise (ddpm_strength 1). Everything else (DDPM model, sampler, steps) is the same as
+# in the "after" arms.
 ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"},
-                "heur_before": {"size": "small", "heuristic_polarity": "either"}, "ddpm_before": {"size": "small"}}
+                "heur_before": {"size": "small", "heuristic_polarity": "either"},
+                "ddpm_before": {"size": "small", "ddpm_strength": 1.0}}
 
 
 def sh(cmd: list[str], env: dict, log: str) -> float:

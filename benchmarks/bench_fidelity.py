@@ -93,7 +93,7 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
             row = {"image": record["image"], "case": record["source_case"], "lesion": k,
                    "radius_mm": real[k].radius_mm, "real_contrast_sd": real[k].contrast_sd,
                    "contrast_sd": synthetic[k].contrast_sd, "real_internal_sd": real[k].internal_sd,
-                   "internal_sd": synthetic[k].internal_sd,
+                   "internal_sd": synthetic[k].internal_sd, "border_gradient_sd": synthetic[k].border_gradient_sd,
                    # as bench_ddpm_quality.py: mean squared fill error over the mask, nnU-Net's normalised units
                    "masked_mse": float(np.mean((case.inverse.forward(image[component])
                                                 - case.inverse.forward(real_image[component])) ** 2))}
@@ -107,6 +107,40 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
     return rows
 
 
+def new_place_rows(source, generated: str, bounds: tuple[float, float] | None) -> list[dict]:
+    """One row per synthetic tumour placed at a new place (``--new-places``): its features and clamp counts."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunetv2_tumorsynth.synthesis.features import tumour_components
+    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours, voxels_at_bounds
+
+    with open(os.path.join(generated, "synthesis_records.json")) as f:
+        records = json.load(f)
+    rows = []
+    for record in records:
+        case = source.load(record["source_case"])
+        image_file = os.path.join(generated, "imagesTr", f"{record['image']}_0000{source.file_ending}")
+        image = sitk.GetArrayFromImage(sitk.ReadImage(image_file)).astype(np.float64)
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(generated, "labelsTr",
+                                                                    f"{record['image']}{source.file_ending}")))
+        spacing = case.raw_image.GetSpacing()[::-1]  # z, y, x mm
+        synthetic = measure_tumours(image, labels, source.organ_label, source.tumour_label, spacing, record["image"])
+        real_tumour = case.raw_label_array == source.tumour_label
+        for k, component in enumerate(tumour_components(labels == source.tumour_label)):
+            if real_tumour[component].any():
+                continue  # a real tumour of the source case
+            row = {"image": record["image"], "case": record["source_case"], "lesion": k,
+                   "radius_mm": synthetic[k].radius_mm, "contrast_sd": synthetic[k].contrast_sd,
+                   "internal_sd": synthetic[k].internal_sd, "border_gradient_sd": synthetic[k].border_gradient_sd}
+            if bounds is not None:
+                row["fill_voxels"] = int(component.sum())
+                row["at_bounds"] = voxels_at_bounds(case.inverse.forward(image[component]), bounds)
+                row["real_at_bounds"] = 0  # no real tumour there
+            rows.append(row)
+    return rows
+
+
 def summarise(rows: list[dict], real_tumours: list) -> dict:
     """The variant's figures: median paired contrast difference, KS of contrast and internal SD, clamp share."""
     import numpy as np
@@ -116,12 +150,19 @@ def summarise(rows: list[dict], real_tumours: list) -> dict:
     internal = np.array([r["internal_sd"] for r in rows])
     real_contrast = np.array([t.contrast_sd for t in real_tumours])
     real_internal = np.array([t.internal_sd for t in real_tumours])
+    if rows and "real_contrast_sd" in rows[0]:  # replaced tumours: paired with the tumour each replaced
+        difference = float(np.median(contrast - [r["real_contrast_sd"] for r in rows]))
+    else:  # new places: unpaired, difference of the medians
+        difference = float(np.median(contrast) - np.median(real_contrast))
     out = {"lesions": len(rows),
-           "median_contrast_difference_sd": float(np.median(contrast - [r["real_contrast_sd"] for r in rows])),
+           "median_contrast_difference_sd": difference,
            "ks_contrast": float(stats.ks_2samp(contrast, real_contrast).statistic),
            "ks_internal_sd": float(stats.ks_2samp(internal, real_internal).statistic),
            "median_contrast_sd": float(np.median(contrast)), "real_median_contrast_sd": float(np.median(real_contrast)),
            "median_internal_sd": float(np.median(internal)), "real_median_internal_sd": float(np.median(real_internal))}
+    if rows and "border_gradient_sd" in rows[0]:
+        out["ks_border_gradient"] = float(stats.ks_2samp([r["border_gradient_sd"] for r in rows],
+                                                         [t.border_gradient_sd for t in real_tumours]).statistic)
     if rows and "masked_mse" in rows[0]:
         out["masked_mse"] = float(np.mean([r["masked_mse"] for r in rows]))  # mean over lesions
     if rows and "fill_voxels" in rows[0]:
@@ -158,6 +199,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint of the DDPM variants (default: the one bench_benefit.py trained)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name (keeps several runs apart)")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="tumorsynth_generate --strength of the DDPM variants (default: its default)")
+    parser.add_argument("--new-places", action="store_true",
+                        help="new tumours at new places (size 'data') instead of --replace-real: what the trainers' "
+                        "banks make; compared unpaired with the real training tumours")
     args = parser.parse_args()
 
     work = os.path.abspath(args.workdir)
@@ -185,29 +231,33 @@ def main() -> None:
     for name in args.variants:
         texture, extra, strip = VARIANTS[name]
         dataset_id = FIRST_ID + list(VARIANTS).index(name)
-        cmd = ["tumorsynth_generate", "-d", DATASET, "-f", "all", "-p", TINY_PLANS, "--replace-real", "-n",
+        cmd = ["tumorsynth_generate", "-d", DATASET, "-f", "all", "-p", TINY_PLANS,
+               *([] if args.new_places else ["--replace-real"]), "-n",
                str(args.n), "--as-dataset", str(dataset_id), "--name", "Fidelity" + name.title().replace(" ", ""),
                "--texture", texture, "--seed", str(args.seed), "-device", "cpu", "--overwrite", "--no-progress",
                *extra]
         if texture == "ddpm":
             used = checkpoint_without_range(checkpoint, os.path.join(work, "ddpm_no_range.pth")) if strip else \
                 checkpoint
-            cmd += ["--checkpoint", used, "--steps", str(args.steps), "--sampler", args.sampler]
+            cmd += ["--checkpoint", used, "--steps", str(args.steps), "--sampler", args.sampler,
+                    *([] if args.strength is None else ["--strength", str(args.strength)])]
         start = time.perf_counter()
         run_cli(cmd, env, echo=True, log=os.path.join(work, "fidelity_commands.log"))
         seconds = time.perf_counter() - start
         generated = os.path.join(env["nnUNet_raw"], f"Dataset{dataset_id}_{cmd[cmd.index('--name') + 1]}")
-        rows = lesion_rows(source, generated, bounds if texture == "ddpm" else None)
+        measure = new_place_rows if args.new_places else lesion_rows
+        rows = measure(source, generated, bounds if texture == "ddpm" else None)
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
-    header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD",
+    header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD", "KS border gradient",
               "contrast synth / real", "internal SD synth / real", "clamp share synth / real", "masked MSE",
               "generate s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         clamp = f"{100 * r['clamp_share']:.2f} / {100 * r['real_clamp_share']:.2f} %" if "clamp_share" in r else "-"
         cells = [str(r["lesions"]), f"{r['median_contrast_difference_sd']:+.2f}", f"{r['ks_contrast']:.2f}",
-                 f"{r['ks_internal_sd']:.2f}", f"{r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f}",
+                 f"{r['ks_internal_sd']:.2f}", f"{r['ks_border_gradient']:.2f}" if "ks_border_gradient" in r else "-",
+                 f"{r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f}",
                  f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f}", clamp,
                  f"{r['masked_mse']:.3f}" if "masked_mse" in r else "-", f"{r['seconds']:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -215,7 +265,8 @@ def main() -> None:
     print(table)
     print(f"data {data}: {len(real)} real training tumours; -n {args.n} replaced images per variant, {args.sampler} "
           f"{args.steps} steps; clamp bounds {bounds}; checkpoint {checkpoint}")
-    with open(os.path.join(work, f"fidelity_{args.sampler}_{args.steps}steps{args.tag}.json"), "w") as f:
+    kind = "_newplaces" if args.new_places else ""
+    with open(os.path.join(work, f"fidelity{kind}_{args.sampler}_{args.steps}steps{args.tag}.json"), "w") as f:
         json.dump({"args": vars(args), "data": data, "results": results, "table": table}, f, indent=1)
 
 

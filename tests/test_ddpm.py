@@ -138,6 +138,34 @@ def test_scaled_linear_schedule_values():
         NoiseSchedule(kind="cosine")
 
 
+def test_sampling_timesteps_with_a_strength_start_part_way_down_the_schedule():
+    from nnunetv2_tumorsynth.ddpm.samplers import sampling_timesteps
+
+    assert sampling_timesteps(1000, 5) == timestep_subsequence(1000, 5)
+    assert sampling_timesteps(1000, 5, 0.5, "trailing") == [499, 399, 299, 199, 99]
+    assert sampling_timesteps(1000, 50, 0.01) == list(range(9, -1, -1))  # capped at the 10 timesteps available
+    with pytest.raises(ValueError, match="strength"):
+        sampling_timesteps(1000, 5, 0.0)
+
+
+@pytest.mark.parametrize("strength", [0.1, 0.3])
+def test_inpainting_with_a_strength_starts_from_the_image_noised_to_that_timestep(strength):
+    """SDEdit: with a model that predicts no noise, deterministic DDIM returns x_t0 / sqrt(abar_t0), i.e. the start
+    image plus noise of SD sqrt((1 - abar) / abar) at t0 = round(strength T) - 1, and nothing outside the mask."""
+    schedule = NoiseSchedule()
+    start = torch.linspace(-1.0, 1.0, 16 * 32 * 32).reshape(1, 1, 16, 32, 32)
+    mask = torch.zeros_like(start, dtype=torch.bool)
+    mask[..., 1:15, 2:30, 2:30] = True  # 10,976 voxels: the noise's SD is estimated within about 1 %
+    zero_eps = lambda x, t, m: torch.zeros_like(x)  # noqa: E731
+    out = inpaint(zero_eps, start, mask, steps=5, sampler="ddim", seed=0, schedule=schedule, clip_x0=False,
+                  strength=strength)
+    t0 = round(strength * schedule.num_train_timesteps) - 1
+    expected_sd = math.sqrt((1.0 - schedule.abar(t0)) / schedule.abar(t0))
+    residual = (out - start)[mask]
+    assert abs(float(residual.std()) / expected_sd - 1.0) < 0.03 and abs(float(residual.mean())) < 0.03
+    assert torch.equal(out[~mask], start[~mask])
+
+
 def test_timestep_subsequence():
     assert timestep_subsequence(1000, 1000) == list(range(999, -1, -1))
     ts = timestep_subsequence(1000, 250)

@@ -112,6 +112,34 @@ def test_ddpm_fills_stay_inside_the_recorded_intensity_range(tmp_path):
     assert filled[masks].min() >= -2.0 - 1e-5 and filled[masks].max() <= 1.5 + 1e-5
 
 
+def test_ddpm_fills_with_a_strength_below_one_keep_the_drawn_brightness(tmp_path):
+    """SDEdit start (``DDPMTexture`` strength < 1): the mask is first filled by the calibrated heuristic tumour, so even
+    an untrained model, started near the clean end of the schedule, returns tumours as dark as drawn."""
+    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
+    from nnunetv2_tumorsynth.synthesis.statistics import TumourDraw
+    from nnunetv2_tumorsynth.synthesis.texture import make_texture
+
+    model = build_model("tiny")
+    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
+                         normalisation={"scheme": "ZScoreNormalization"},
+                         intensity_range={"tumour": [-6.0, 1.0], "parenchyma": [-3.0, 3.0], "clamp": [-6.0, 3.0]})
+    checkpoint = str(save_checkpoint(tmp_path / "m.pth", model, meta))
+    rng = np.random.default_rng(0)
+    crops = rng.normal(0.0, 1.0, (2, 1, 16, 32, 32)).astype(np.float32)
+    masks = np.zeros(crops.shape, bool)
+    masks[:, :, 5:11, 10:22, 10:22] = True
+    draw = TumourDraw(semi_axes_mm=(6.0, 6.0, 6.0), amplitude_mm=0.0, preset="small", contrast_sd=-3.0,
+                      internal_sd=0.5, edge_blur_mm=0.5)
+    texture = make_texture("ddpm", checkpoint=checkpoint, ddpm_steps=5, ddpm_sampler="dpm++2m", ddpm_strength=0.02)
+    filled = texture.fill(crops, masks, ~masks, np.random.default_rng(1), SPACING, draws=[draw, draw])
+    assert np.array_equal(filled[~masks], crops[~masks])
+    assert -3.5 < float(np.median(filled[masks])) < -2.0, "about 3 parenchyma SDs darker, as drawn"
+    without_draws = texture.fill(crops, masks, ~masks, np.random.default_rng(1), SPACING)  # Hu et al. 2023's priors
+    assert np.array_equal(without_draws[~masks], crops[~masks])
+    with pytest.raises(ValueError, match="ddpm_strength"):
+        make_texture("ddpm", checkpoint=checkpoint, ddpm_strength=1.5)
+
+
 def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     from dataclasses import replace
 

@@ -3,7 +3,7 @@
 Usage::
 
     tumorsynth_generate -d 501 -c 3d_fullres -f 0 [-p nnUNetPlans] -n 1000 --as-dataset 503 \\
-        [--texture ddpm|heuristic] [--polarity darker|brighter|either] [--steps 250] [--sampler ddim] \\
+        [--texture ddpm|heuristic] [--polarity darker|brighter|either] [--steps 250] [--sampler ddim] [--strength S] \\
         [--deformation simplex|elastic] \\
         [--size data|paper|tiny|small|medium|large|mix] [--include-real] [--replace-real] [--seed S] \\
         [-device cuda|cpu] [--overwrite]
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
                              "darker (Hu et al. 2023; portal venous and delayed phases) or brighter (arterial phase)")
     parser.add_argument("--steps", type=int, default=250, help="diffusion sampling steps (default 250, the paper's)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="diffusion fills start from noise (1) or from the calibrated heuristic tumour noised to "
+                             "this share of the schedule (SDEdit, below 1); default: the trainers' setting "
+                             "ddpm_strength (docs/ddpm.md)")
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint (default: the one tumorsynth_pretrain_ddpm wrote for this dataset, "
                              "plans, configuration and fold)")
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         num_images=args.n, name=args.name, texture=args.texture, heuristic_polarity=args.polarity,
         ddpm_steps=args.steps,
         ddpm_sampler=args.sampler, checkpoint=args.checkpoint,
+        **({} if args.strength is None else {"ddpm_strength": args.strength}),
         deformation=None if args.deformation == "none" else args.deformation,
         size=args.size, include_real=args.include_real, replace_real=args.replace_real, margin_mm=args.margin_mm,
         avoid_vessels=args.avoid_vessels, organ_label=args.organ_label, tumour_label=args.tumour_label,

@@ -201,6 +201,21 @@ class DPMSolverMultistep:
         return (sigma_prev / sigma_t) * x_t - alpha_prev * math.expm1(-h) * d  # Algorithm 2, x_{t_i}
 
 
+def sampling_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0,
+                       spacing: str = "linspace") -> list[int]:
+    """Descending timesteps of a sampler: ``steps`` evaluations over the first ``strength`` of the schedule.
+
+    ``strength = 1`` is ``schedule.timestep_subsequence(T, steps, spacing)``: sampling starts from (almost) pure
+    noise. ``strength < 1`` starts at timestep ``round(strength T) - 1`` from the image inside the mask noised to
+    that level (SDEdit, Meng et al. 2022, section 3): the denoising keeps that image's coarse content (brightness)
+    and redraws its fine texture. ``steps`` is capped at the ``round(strength T)`` timesteps available.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    start = max(1, round(strength * num_train_timesteps))
+    return timestep_subsequence(start, min(steps, start), spacing)
+
+
 def inpaint_loop(
     model: EpsModel,
     schedule: NoiseSchedule,
@@ -256,13 +271,15 @@ def ddpm_inpaint(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     clip_x0: bool | tuple[float, float] = True,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral DDPM inpainting (Quinton et al. 2026, eq. 2; Ho et al. 2020, Algorithm 2 with the clamp).
 
     With ``steps=None`` (or T) every timestep T-1 .. 0 is visited, exactly the paper's eq. 2; with fewer the
-    same step runs on ``timestep_subsequence(T, steps)`` (respaced). Arguments as ``inpaint_loop``.
+    same step runs on ``timestep_subsequence(T, steps)`` (respaced). ``strength``: see ``sampling_timesteps``.
+    Arguments as ``inpaint_loop``.
     """
-    timesteps = timestep_subsequence(schedule.num_train_timesteps, steps or schedule.num_train_timesteps)
+    timesteps = sampling_timesteps(schedule.num_train_timesteps, steps or schedule.num_train_timesteps, strength)
     return inpaint_loop(model, schedule, x0, mask, generators, timesteps, ddpm_step,
                         needs_noise=lambda t_prev: t_prev >= 0, autocast_dtype=autocast_dtype,
                         progress=progress, clip_x0=clip_x0, desc="DDPM")
@@ -279,13 +296,15 @@ def ddim_inpaint(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     clip_x0: bool | tuple[float, float] = True,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """DDIM inpainting (Song et al. 2021, eq. 12) with the known region clamped after every step (eq. 2).
 
     ``steps`` network evaluations on ``timestep_subsequence(T, steps)`` (the paper samples with 250).
-    ``eta = 0`` is deterministic given the starting noise. Arguments as ``inpaint_loop``.
+    ``eta = 0`` is deterministic given the starting noise. ``strength``: see ``sampling_timesteps``. Arguments as
+    ``inpaint_loop``.
     """
-    timesteps = timestep_subsequence(schedule.num_train_timesteps, steps)
+    timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, strength)
     return inpaint_loop(model, schedule, x0, mask, generators, timesteps, functools.partial(ddim_step, eta=eta),
                         needs_noise=lambda t_prev: eta > 0.0 and t_prev >= 0, autocast_dtype=autocast_dtype,
                         progress=progress, clip_x0=clip_x0, desc="DDIM")
@@ -301,10 +320,12 @@ def dpm_solver_inpaint(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     clip_x0: bool | tuple[float, float] = True,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) inpainting (``DPMSolverMultistep``) on ``steps`` trailing timesteps, the known region
-    clamped after every step (Quinton et al. 2026, eq. 2). Deterministic given the starting noise."""
-    timesteps = timestep_subsequence(schedule.num_train_timesteps, steps, spacing="trailing")
+    clamped after every step (Quinton et al. 2026, eq. 2). Deterministic given the starting noise. ``strength``:
+    see ``sampling_timesteps``."""
+    timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, strength, spacing="trailing")
     return inpaint_loop(model, schedule, x0, mask, generators, timesteps, DPMSolverMultistep().step,
                         needs_noise=lambda t_prev: False, autocast_dtype=autocast_dtype, progress=progress,
                         clip_x0=clip_x0, desc="DPM-Solver++")
@@ -368,6 +389,7 @@ def inpaint(
     autocast: bool = True,
     progress: bool = False,
     clip_x0: bool | tuple[float, float] = True,
+    strength: float = 1.0,
 ) -> np.ndarray | torch.Tensor:
     """Inpaint the masked region of image crops with the diffusion model (Quinton et al. 2026, section 2.2.2).
 
@@ -395,6 +417,9 @@ def inpaint(
         clip_x0: clip the predicted clean image at every step: True to the known region's range widened by 50%
             (``known_range``), (lo, hi) to fixed bounds (``DDPMTexture`` passes its checkpoint's recorded range of
             the training tumours and their parenchyma), False not at all (an imperfect model's samples can blow up).
+        strength: 1 (default) samples from noise, as the paper; below 1 the image inside the mask is noised to
+            timestep ``round(strength T) - 1`` and denoised from there (SDEdit, ``sampling_timesteps``): pass an image
+            whose mask already holds a rough tumour (``DDPMTexture`` puts the calibrated heuristic one there).
 
     Crop sizes that are not multiples of the model's ``size_divisor`` (2 ** (levels - 1)) are padded at the
     high end of each axis (image: edge replicate, mask: 0, i.e. known) and cropped back; no error.
@@ -406,6 +431,8 @@ def inpaint(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     is_numpy = isinstance(image, np.ndarray)
     image_t = torch.from_numpy(image) if is_numpy else image
     mask_t = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
@@ -457,7 +484,8 @@ def inpaint(
                 chunk_generators = [generators[b] for b in idx]
                 if sampler == "dpm++2m":
                     out = dpm_solver_inpaint(model, schedule, x0_pad, m_pad, chunk_generators, steps=steps or 10,
-                                             autocast_dtype=autocast_dtype, progress=progress, clip_x0=clip_x0)
+                                             autocast_dtype=autocast_dtype, progress=progress, clip_x0=clip_x0,
+                                             strength=strength)
                 elif sampler == "ddim":
                     out = ddim_inpaint(
                         model,
@@ -470,6 +498,7 @@ def inpaint(
                         autocast_dtype=autocast_dtype,
                         progress=progress,
                         clip_x0=clip_x0,
+                        strength=strength,
                     )
                 else:
                     out = ddpm_inpaint(
@@ -482,6 +511,7 @@ def inpaint(
                         autocast_dtype=autocast_dtype,
                         progress=progress,
                         clip_x0=clip_x0,
+                        strength=strength,
                     )
                 out = out[..., : size[0], : size[1], : size[2]]
                 sampled[idx] = out.to(sampled.device)

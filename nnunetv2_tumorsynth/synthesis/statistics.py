@@ -225,9 +225,10 @@ def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
                         f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours")
     elif contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
         warnings.append(f"the synthetic tumours' median contrast ({contrast['synthetic']:+.2f} parenchyma SDs) is "
-                        f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): train "
-                        f"the diffusion model longer, check that size is 'data' (calibration), or use another "
-                        f"texture")
+                        f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): check "
+                        f"that size is 'data' (calibration), lower the setting ddpm_strength (diffusion fills start "
+                        f"nearer the calibrated tumours; docs/ddpm.md, 'Strength'), train the diffusion model "
+                        f"longer, or use another texture")
     if clamp_share is not None and clamp_share > MAX_CLAMP_SHARE:
         warnings.append(f"{100 * clamp_share:.1f} % of the diffusion fills' voxels sit at the clamp bounds (more than "
                         f"{100 * MAX_CLAMP_SHARE:g} %): the model overshoots the training tumours' intensities; train "

@@ -36,6 +36,8 @@ class TumourSettings:
     heuristic_polarity: heuristic texture only: "either", "darker" or "brighter" (``texture.HeuristicTexture``).
     ddpm_steps / ddpm_sampler: sampling of the diffusion model; on the fly DPM-Solver++(2M) with 5 steps, the
         fewest within 5 % of DDIM 50's masked error and as faithful per lesion (docs/benchmarks.md, few-step sampling).
+    ddpm_strength: 1 samples each diffusion fill from noise (the paper's); below 1 the fill starts from the calibrated
+        heuristic tumour noised to that share of the schedule (SDEdit; ``texture.DDPMTexture``, docs/ddpm.md).
     margin_mm: minimum distance between a synthetic tumour and existing tumours.
     min_inside_fraction: at least this fraction of a tumour's voxels lies inside the organ; the rest is clipped
         away (``placement.place_random_tumour``). 1.0 keeps every tumour wholly inside the organ; the default 0.8
@@ -53,6 +55,7 @@ class TumourSettings:
     heuristic_polarity: str = "either"
     ddpm_steps: int = 5
     ddpm_sampler: str = "dpm++2m"
+    ddpm_strength: float = 0.7
     margin_mm: float = 5.0
     min_inside_fraction: float = 0.8
     avoid_vessels: bool = False
@@ -72,6 +75,8 @@ class TumourSettings:
             raise ValueError(f"setting 'min_inside_fraction' must be in (0, 1], got {self.min_inside_fraction!r}")
         if self.ddpm_steps < 1:
             raise ValueError(f"setting 'ddpm_steps' must be at least 1, got {self.ddpm_steps!r}")
+        if not 0.0 < self.ddpm_strength <= 1.0:
+            raise ValueError(f"setting 'ddpm_strength' must be in (0, 1], got {self.ddpm_strength!r}")
 
 
 class NoRoom(Exception):
@@ -219,7 +224,7 @@ class TumourSynthesiser:
             parenchymas.append((labels == self.organ_label)[None])  # organ label only: existing tumours excluded
         if self.texture.crop_size is not None:
             filled = list(self.texture.fill(np.stack(crops), np.stack(masks), np.stack(parenchymas), self.rng,
-                                            spacing=self.spacing))
+                                            spacing=self.spacing, draws=[j.draw for j in jobs]))
         else:
             filled = [self.texture.fill(c[None], m[None], o[None], self.rng, spacing=self.spacing, draws=[j.draw])[0]
                       for c, m, o, j in zip(crops, masks, parenchymas, jobs)]

@@ -25,16 +25,26 @@ from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 
 class DDPMTexture:
-    """Diffusion inpainting with a checkpoint from ``tumorsynth_pretrain_ddpm``."""
+    """Diffusion inpainting with a checkpoint from ``tumorsynth_pretrain_ddpm``.
+
+    ``strength`` 1 samples each fill from noise (Quinton et al. 2026, eq. 2). Below 1 the mask is first filled with
+    the heuristic texture drawn from the fold's tumours (``HeuristicTexture`` with the calibrated ``draws``), which
+    is noised to timestep ``strength T`` and denoised by the model (SDEdit, Meng et al. 2022): the tumour keeps the
+    drawn brightness and gets the model's texture. A model trained on a handful of bright and dark tumours filled
+    new places from noise with their average, about the parenchyma's brightness (docs/ddpm.md, "Strength").
+    """
 
     def __init__(self, checkpoint: str, steps: int = 50, sampler: str = "ddim", device: str = "cpu",
-                 batch_size: int = 4):
+                 batch_size: int = 4, strength: float = 1.0):
         from nnunetv2_tumorsynth.ddpm import load_checkpoint
 
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"setting 'ddpm_strength' must be in (0, 1], got {strength!r}")
         self.model, self.metadata = load_checkpoint(checkpoint, map_location=device)
         self.model.to(device)
         self.checkpoint = checkpoint
         self.steps, self.sampler, self.device, self.batch_size = steps, sampler, device, batch_size
+        self.strength = strength
 
     @property
     def crop_size(self) -> tuple[int, int, int]:
@@ -42,13 +52,19 @@ class DDPMTexture:
         return tuple(int(v) for v in self.metadata["crop_size_vox"])
 
     def fill(self, images: np.ndarray, masks: np.ndarray, organs: np.ndarray, rng: np.random.Generator,
-             spacing: Sequence[float] | None = None, draws=None) -> np.ndarray:
-        """Inpaint each mask of (B, 1, z, y, x) crops; the texture is the model's (``draws`` are not used)."""
+             spacing: Sequence[float] = (1.0, 1.0, 1.0),
+             draws: Sequence[TumourDraw | None] | None = None) -> np.ndarray:
+        """Inpaint each mask of (B, 1, z, y, x) crops. With ``strength`` < 1 the start inside each mask is the
+        heuristic tumour of its ``draws`` entry (Hu et al. 2023's priors where it is None); arguments as
+        ``HeuristicTexture.fill``."""
         from nnunetv2_tumorsynth.ddpm import inpaint
 
+        if self.strength < 1.0:
+            images = HeuristicTexture().fill(images, masks, organs, rng, spacing, draws)
         seed = int(rng.integers(2**31))
         return inpaint(self.model, images, masks, steps=self.steps, sampler=self.sampler, seed=seed,
-                       batch_size=self.batch_size, device=self.device, clip_x0=self.x0_range or True)
+                       batch_size=self.batch_size, device=self.device, clip_x0=self.x0_range or True,
+                       strength=self.strength)
 
     @property
     def x0_range(self) -> tuple[float, float] | None:
@@ -178,7 +194,8 @@ class HeuristicTexture:
 
 
 def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint: str | None = None,
-                 ddpm_steps: int = 50, ddpm_sampler: str = "ddim", device: str = "cpu", batch_size: int = 4):
+                 ddpm_steps: int = 50, ddpm_sampler: str = "ddim", device: str = "cpu", batch_size: int = 4,
+                 ddpm_strength: float = 1.0):
     """The one texture factory: "heuristic" (Hu et al. 2023) or "ddpm" (needs ``checkpoint``)."""
     if texture == "heuristic":
         return HeuristicTexture(polarity=heuristic_polarity)
@@ -186,4 +203,5 @@ def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint
         raise ValueError(f"unknown texture {texture!r}; choose one of {list(TEXTURES)}")
     if checkpoint is None:
         raise ValueError("the ddpm texture needs a diffusion checkpoint (tumorsynth_pretrain_ddpm)")
-    return DDPMTexture(checkpoint, steps=ddpm_steps, sampler=ddpm_sampler, device=device, batch_size=batch_size)
+    return DDPMTexture(checkpoint, steps=ddpm_steps, sampler=ddpm_sampler, device=device, batch_size=batch_size,
+                       strength=ddpm_strength)
