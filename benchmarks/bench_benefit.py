@@ -59,8 +59,15 @@ import shutil
 import time
 
 import numpy as np
-from _common import (TINY_PLANS, argument_parser, checkpoint_without_range, nnunet_env, phantom_commands, run_cli,
-                     trainers_path)
+from _common import (
+    TINY_PLANS,
+    argument_parser,
+    checkpoint_without_range,
+    nnunet_env,
+    phantom_commands,
+    run_cli,
+    trainers_path,
+)
 
 DATASETS = {"Scarce": 961, "Full": 962, "Free": 963}
 ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 from conftest import _ROOT, cli, log_line, run
+from scipy import ndimage
 
 from nnunetv2_tumorsynth.ddpm import read_checkpoint
 from nnunetv2_tumorsynth.ddpm.data import (

@@ -97,7 +97,8 @@ class SyntheticTumourTraining:
         self.texture, checkpoint = load_texture(settings, dataset, fold, device)
         if checkpoint is not None:
             log(f"synthetic tumours: diffusion model {checkpoint} (preset {self.texture.metadata['preset']}, crop "
-                f"{self.texture.crop_size} voxels, {settings.ddpm_steps} {settings.ddpm_sampler.upper()} steps, strength {settings.ddpm_strength:g})")
+                f"{self.texture.crop_size} voxels, {settings.ddpm_steps} {settings.ddpm_sampler.upper()} steps, "
+                f"strength {settings.ddpm_strength:g})")
         self.bank = SynthesisBank(self.bank_folder, self.texture, settings, self.spacing, self.organ_label,
                                   self.tumour_label, rank)
         self.rank, self.world_size, self.device = rank, world_size, device
