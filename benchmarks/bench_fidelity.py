@@ -66,24 +66,31 @@ def scarce_source():
                                              texture="heuristic", device="cpu"))
 
 
-def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> list[dict]:
-    """One row per replaced lesion: the synthetic and the real tumour's features, and (DDPM) clamp counts."""
+def generated_images(source, generated: str):
+    """Per written image: (its record, its source case, the image as float64 (z, y, x), spacing in mm (z, y, x))."""
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunetv2_tumorsynth.synthesis.features import tumour_components
-    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours, voxels_at_bounds
-
     with open(os.path.join(generated, "synthesis_records.json")) as f:
         records = json.load(f)
-    rows = []
     for record in records:
         case = source.load(record["source_case"])
         image_file = os.path.join(generated, "imagesTr", f"{record['image']}_0000{source.file_ending}")
         image = sitk.GetArrayFromImage(sitk.ReadImage(image_file)).astype(np.float64)
+        yield record, case, image, case.raw_image.GetSpacing()[::-1]
+
+
+def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> list[dict]:
+    """One row per replaced lesion: the synthetic and the real tumour's features, and (DDPM) clamp counts."""
+    import numpy as np
+
+    from nnunetv2_tumorsynth.synthesis.features import tumour_components
+    from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours, voxels_at_bounds
+
+    rows = []
+    for record, case, image, spacing in generated_images(source, generated):
         real_image = case.raw_array.astype(np.float64)
         labels = case.raw_label_array
-        spacing = case.raw_image.GetSpacing()[::-1]  # z, y, x mm
         organ, tumour = source.organ_label, source.tumour_label
         synthetic = measure_tumours(image, labels, organ, tumour, spacing, record["image"])
         real = measure_tumours(real_image, labels, organ, tumour, spacing, record["source_case"])
@@ -109,22 +116,15 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
 
 def new_place_rows(source, generated: str, bounds: tuple[float, float] | None) -> list[dict]:
     """One row per synthetic tumour placed at a new place (``--new-places``): its features and clamp counts."""
-    import numpy as np
     import SimpleITK as sitk
 
     from nnunetv2_tumorsynth.synthesis.features import tumour_components
     from nnunetv2_tumorsynth.synthesis.statistics import measure_tumours, voxels_at_bounds
 
-    with open(os.path.join(generated, "synthesis_records.json")) as f:
-        records = json.load(f)
     rows = []
-    for record in records:
-        case = source.load(record["source_case"])
-        image_file = os.path.join(generated, "imagesTr", f"{record['image']}_0000{source.file_ending}")
-        image = sitk.GetArrayFromImage(sitk.ReadImage(image_file)).astype(np.float64)
+    for record, case, image, spacing in generated_images(source, generated):
         labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(generated, "labelsTr",
                                                                     f"{record['image']}{source.file_ending}")))
-        spacing = case.raw_image.GetSpacing()[::-1]  # z, y, x mm
         synthetic = measure_tumours(image, labels, source.organ_label, source.tumour_label, spacing, record["image"])
         real_tumour = case.raw_label_array == source.tumour_label
         for k, component in enumerate(tumour_components(labels == source.tumour_label)):
