@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import _ROOT, cli, log_line, run
-from scipy import ndimage
 
 from nnunetv2_tumorsynth.ddpm import read_checkpoint
 from nnunetv2_tumorsynth.ddpm.data import (
@@ -34,7 +33,6 @@ from nnunetv2_tumorsynth.ddpm.data import (
     rotation_planes,
     size_before,
     split_components,
-    transplant,
 )
 from nnunetv2_tumorsynth.ddpm.training import ema_update, is_new_best
 
@@ -114,57 +112,6 @@ def _fake_source(data: np.ndarray, seg: np.ndarray, spacing=(3.0, 1.5, 1.5)) -> 
                   spacing=spacing, transpose_forward=(0, 1, 2), normalisation={"scheme": "ZScoreNormalization"},
                   tumour_label=2, channel=0, training_cases=["case"], validation_cases=[],
                   reader=_FakeReader(data, seg))
-
-
-def test_transplant_keeps_the_tumours_contrast_to_its_new_parenchyma():
-    """A tumour 2 below its organ (mean 1) pasted into organ of mean 3 lies at 1; the context is the target's."""
-    size = (6, 10, 10)
-    mask = np.zeros(size, bool)
-    mask[2:4, 4:7, 4:7] = True
-    labels = np.ones(size, np.int16)  # organ 1 everywhere ...
-    labels[mask] = 2  # ... around the tumour (2)
-    image = np.where(mask, -1.0, 1.0).astype(np.float32) + np.linspace(0, 0.1, mask.size).reshape(size)
-    target_labels = np.ones(size, np.int16)
-    target_image = np.full(size, 3.0, np.float32)
-    moved, moved_mask = transplant(image, mask, labels, target_image, target_labels, organ_label=1, tumour_label=2)
-    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
-    np.testing.assert_allclose(moved[mask] - 3.0, image[mask] - image[ring].mean(), atol=1e-5)  # same contrast
-    np.testing.assert_array_equal(moved[~mask], target_image[~mask])  # the new context, untouched
-    np.testing.assert_array_equal(moved_mask, mask)
-    # it does not fit where most of it would leave the organ, nor on another tumour
-    outside = target_labels.copy()
-    outside[:, :, :6] = 0
-    assert transplant(image, mask, labels, target_image, outside, organ_label=1, tumour_label=2) is None
-    on_tumour = target_labels.copy()
-    on_tumour[3, 5, 5] = 2
-    assert transplant(image, mask, labels, target_image, on_tumour, organ_label=1, tumour_label=2) is None
-
-
-def test_transplanted_training_crops_put_the_tumour_in_new_organ_context():
-    rng = np.random.default_rng(3)
-    shape = (16, 40, 40)
-    seg = np.zeros((1, *shape), np.int8)
-    seg[0, 2:14, 4:36, 4:36] = 1  # organ
-    seg[0, 6:9, 8:12, 8:12] = 2  # one tumour near a corner of the organ
-    image = rng.normal(0.0, 0.1, shape).astype(np.float32) + np.linspace(0, 4, 40)[None, None, :]  # a ramp in x
-    image[seg[0] == 2] -= 5.0
-    source = _fake_source(image[None], seg)
-    source.organ_label = 1
-    components = find_components([source])
-    crops = TumourCrops([source], components, (8, 12, 12), augment=True, transplant=1.0)
-    context_means = []
-    for seed in range(12):
-        img, mask = crops.get(0, np.random.default_rng(seed))
-        again = crops.get(0, np.random.default_rng(seed))
-        np.testing.assert_array_equal(img, again[0])  # a pure function of the generator
-        assert mask.sum() == 3 * 4 * 4
-        ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
-        assert np.median(img[mask]) - np.median(img[ring]) < -4.0  # still 5 below the parenchyma around it
-        context_means.append(float(img[~mask].mean()))
-    assert np.ptp(context_means) > 1.0, "the tumour should land at many places along the ramp"
-    with pytest.raises(ValueError, match="organ label"):
-        source.organ_label = None
-        TumourCrops([source], components, (8, 12, 12), augment=True, transplant=0.5)
 
 
 def test_augmented_crops_keep_image_and_mask_aligned():

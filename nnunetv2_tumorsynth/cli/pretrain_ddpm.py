@@ -2,11 +2,11 @@
 
     tumorsynth_pretrain_ddpm -d 501 [502 ...] -c 3d_fullres -f 0 [-p nnUNetPlans] [--preset paper]
         [--epochs 5000] [--min-iterations 0] [--batch-size 1] [--lr 5e-5] [--crop Z Y X] [-device cuda|cpu]
-        [--c | --overwrite] [--seed 0] [--val-fraction 0.1] [--transplant 0]
+        [--c | --overwrite] [--seed 0] [--val-fraction 0.1]
 
 Defaults are per preset (``ddpm.training.PRESET_DEFAULTS``): the paper's recipe, and for ``tiny`` the CPU recipe
-(lr 2e-3, batch 4, 300 epochs and at least 3,000 iterations, transplants with probability 0.5; an explicit
-``--epochs`` is trained as given unless ``--min-iterations`` is given too).
+(lr 2e-3, batch 4, 300 epochs and at least 3,000 iterations; an explicit ``--epochs`` is trained as given
+unless ``--min-iterations`` is given too).
     torchrun --nproc_per_node 4 $(which tumorsynth_pretrain_ddpm) -d 501 -c 3d_fullres -f 0
 
 Writes ``$nnUNet_results/<first dataset>/tumorsynth_ddpm__<plans>__<configuration>/fold_<f>/``. The work is
@@ -64,10 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="checkpoints hold an exponential moving average of the weights with this decay "
                         "(default 0.999; 0 = the trained weights)")
-    parser.add_argument("--transplant", type=float, default=None,
-                        help="probability that a training crop's tumour is moved to a random place in the organ of a "
-                        "random training case, so the model learns to fill new places as synthesis asks (default 0, "
-                        "the paper's recipe; tiny preset 0.5; needs the organ label)")
     parser.add_argument("--channel", type=int, default=0, help="input channel (modality) to learn (default 0)")
     parser.add_argument("--organ-label", default=None, help="organ label name or value if not found by name")
     parser.add_argument("--tumour-label", default=None, help="tumour label name or value if not found by name")
@@ -85,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     defaults = PRESET_DEFAULTS[args.preset or "paper"]
     if args.min_iterations is None:  # an explicit --epochs is trained as given
         args.min_iterations = defaults["min_iterations"] if args.epochs is None else 0
-    for name in ("epochs", "batch_size", "lr", "transplant"):
+    for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
 
@@ -107,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
-        transplant=args.transplant,
         channel=args.channel,
         organ_label=args.organ_label,
         tumour_label=args.tumour_label,

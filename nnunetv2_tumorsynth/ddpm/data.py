@@ -21,10 +21,6 @@ validation cases stay unseen.
   one), then flips along every axis, each with probability 1/2. The same operations are applied to image and
   mask. A quarter turn swaps two axes, so the crop is cut out with those sizes swapped first and comes out
   of the rotation with ``crop_size``.
-- Transplants (training crops only, probability ``transplant``, off by default): the augmented tumour is moved
-  to a random place in the organ of a random training case of its source, so that the model also learns to fill a
-  mask it has never seen in that context, which is what synthesis asks of it (``transplant``). Without it, a model
-  that learnt a handful of tumours in their own crops filled new places faintly (docs/ddpm.md, "Transplants").
 
 Everything is in nnU-Net's preprocessed (transposed) axis order, written (z, y, x) here; spacing and sizes
 in mm are stated as such, all other sizes are voxels.
@@ -340,49 +336,8 @@ def cut_crop(
     return np.ascontiguousarray(image), mask
 
 
-def cut_labels(seg: Any, centre: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """Labels (z, y, x) int16 of ``size`` voxels centred on ``centre`` as ``cut_crop`` cuts the image; -1 outside."""
-    start = np.array(centre) - np.array(size) // 2
-    box = [[0, 1]] + [[int(s0), int(s0 + s)] for s0, s in zip(start, size)]
-    return np.ascontiguousarray(crop_and_pad_nd(seg, box, -1)[0].astype(np.int16, copy=False))
-
-
-TRANSPLANT_TRIES = 20  # random organ voxels tried as the new centre before the tumour stays where it is
-TRANSPLANT_MIN_INSIDE = 0.8  # share of the tumour's voxels that must land in the organ (as synthesis places them)
-RING_VOXELS = 2  # the parenchyma ring whose mean intensity the transplanted tumour keeps its contrast to
-
-
-def transplant(
-    image: np.ndarray, mask: np.ndarray, labels: np.ndarray, target_image: np.ndarray, target_labels: np.ndarray,
-    organ_label: int, tumour_label: int,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The tumour of one crop pasted into another crop of the same size, centre on centre; None if it does not fit.
-
-    ``image``, ``mask``, ``labels``: the tumour's crop (float32, bool, int16, (z, y, x)); ``target_*``: a crop
-    centred on an organ voxel elsewhere. The tumour fits if at least ``TRANSPLANT_MIN_INSIDE`` of its voxels land
-    in the target's organ and none on a tumour. Its voxels keep their contrast to the parenchyma around them:
-    they are shifted by the difference of the mean of the organ voxels within ``RING_VOXELS`` of the mask in the
-    target crop and in the tumour's own crop (nnU-Net's normalised intensities drift across an image: MR bias).
-    """
-    target_organ = target_labels == organ_label
-    if not mask.any() or target_organ[mask].mean() < TRANSPLANT_MIN_INSIDE:
-        return None
-    if (target_labels[mask] == tumour_label).any():
-        return None
-    ring = ndimage.binary_dilation(mask, iterations=RING_VOXELS) & ~mask
-    own_ring, new_ring = ring & (labels == organ_label), ring & target_organ
-    shift = float(target_image[new_ring].mean() - image[own_ring].mean()) if own_ring.any() and new_ring.any() else 0.0
-    out = target_image.copy()
-    out[mask] = image[mask] + shift
-    return out, mask
-
-
 class TumourCrops:
-    """Crops around tumour components, optionally augmented (and transplanted); case arrays are opened once.
-
-    ``transplant``: probability that an augmented training crop's tumour is moved to a random place in the organ
-    of a random training case of its source (``transplant``); it needs the source's organ label.
-    """
+    """Crops around tumour components, optionally augmented; case arrays are opened once and kept open."""
 
     def __init__(
         self,
@@ -390,34 +345,21 @@ class TumourCrops:
         components: Sequence[TumourComponent],
         crop_size: Sequence[int],
         augment: bool,
-        transplant: float = 0.0,
     ) -> None:
-        if not 0.0 <= transplant <= 1.0:
-            raise ValueError(f"--transplant must be a probability in [0, 1], got {transplant}")
-        if transplant and not augment:
-            raise ValueError("transplants are an augmentation of training crops: they need augment=True")
-        for source in sources if transplant else ():
-            if source.organ_label is None:
-                raise ValueError(f"--transplant needs the organ label of {source.name}: name it 'liver' in "
-                                 f"dataset.json or pass --organ-label (or --transplant 0)")
         self.sources = list(sources)
         self.components = list(components)
         self.crop_size = tuple(int(c) for c in crop_size)
         self.augment = augment
-        self.transplant = transplant
         self._cases: dict[tuple[int, str], Any] = {}
-        self._organ_voxels: dict[tuple[int, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.components)
 
-    def _case(self, source: int, case: str) -> tuple[Any, Any]:
-        if (source, case) not in self._cases:
-            self._cases[(source, case)] = self.sources[source].load_case(case)
-        return self._cases[(source, case)]
-
     def _data(self, component: TumourComponent) -> Any:
-        return self._case(component.source, component.case)[0]
+        key = (component.source, component.case)
+        if key not in self._cases:
+            self._cases[key] = self.sources[component.source].load_case(component.case)[0]
+        return self._cases[key]
 
     def get(self, index: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Crop ``index``: (image (z, y, x) float32, mask (z, y, x) bool), augmented with ``rng`` if enabled."""
@@ -429,38 +371,7 @@ class TumourCrops:
             raise ValueError("augmented crops need a numpy Generator")
         aug = random_augmentation(rng, self.sources[component.source].spacing)
         image, mask = cut_crop(self._data(component), channel, component, size_before(self.crop_size, aug))
-        image, mask = apply_augmentation(image, aug), apply_augmentation(mask, aug)
-        if self.transplant and rng.random() < self.transplant:
-            labels = cut_labels(self._case(component.source, component.case)[1], component.centre,
-                                size_before(self.crop_size, aug))
-            moved = self._transplanted(component.source, image, mask, apply_augmentation(labels, aug), rng)
-            if moved is not None:
-                return moved
-        return image, mask
-
-    def _transplanted(self, source_index: int, image: np.ndarray, mask: np.ndarray, labels: np.ndarray,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
-        """The crop's tumour pasted at a random organ voxel of a random training case (up to ``TRANSPLANT_TRIES``
-        places), or None where it fits nowhere tried."""
-        source = self.sources[source_index]
-        for _ in range(TRANSPLANT_TRIES):
-            case = source.training_cases[int(rng.integers(len(source.training_cases)))]
-            key = (source_index, case)
-            data, seg = self._case(source_index, case)
-            if key not in self._organ_voxels:
-                self._organ_voxels[key] = np.argwhere(np.asarray(seg[0]) == source.organ_label)
-            organ_voxels = self._organ_voxels[key]
-            if not len(organ_voxels):
-                continue
-            centre = organ_voxels[int(rng.integers(len(organ_voxels)))]
-            start = centre - np.array(self.crop_size) // 2
-            box = [[source.channel, source.channel + 1]] + [[int(a), int(a + s)] for a, s in zip(start, self.crop_size)]
-            target_image = crop_and_pad_nd(data, box, PAD_VALUE)[0].astype(np.float32)
-            moved = transplant(image, mask, labels, target_image, cut_labels(seg, centre, self.crop_size),
-                               source.organ_label, source.tumour_label)
-            if moved is not None:
-                return moved
-        return None
+        return apply_augmentation(image, aug), apply_augmentation(mask, aug)
 
 
 def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[float]], list]:

@@ -121,9 +121,7 @@ class DDPMTrainer:
             log(f"training cases used: {r['training_cases']}")
             log(f"validation loss on the held-out cases {r['val_cases']} ({len(r['val_components'])} component(s)); "
                 f"training on the other cases' {len(r['train_components'])} component(s)")
-        log(f"augmentation: quarter turns in planes {rotation_planes(spacing)} (equal spacing), flips on all axes"
-            + (f"; with probability {settings.transplant} the tumour is moved to a random place in the organ of a "
-               f"random training case (transplant)" if settings.transplant else ""))
+        log(f"augmentation: quarter turns in planes {rotation_planes(spacing)} (equal spacing), flips on all axes")
         log(f"{len(data.train)} training / {len(data.val)} validation crops; batch {settings.batch_size} x "
             f"{self.world} process(es); {self.iterations_per_epoch} iterations per epoch; AdamW lr {settings.lr} "
             f"wd {settings.weight_decay}; device {self.device}{' (bf16 autocast)' if self.autocast else ''}; "
@@ -132,8 +130,7 @@ class DDPMTrainer:
         for line in settings.extra_log:
             log(line)
         T = self.schedule.num_train_timesteps
-        self.train_crops = TumourCrops(data.sources, data.train, data.crop_size, augment=True,
-                                       transplant=settings.transplant)
+        self.train_crops = TumourCrops(data.sources, data.train, data.crop_size, augment=True)
         self.val_crops = TumourCrops(data.sources, data.val, data.crop_size, augment=False)
         self.val_items = validation_items(self.val_crops, settings.seed, T)[self.rank::self.world]
         start_epoch = self.state["epoch"]

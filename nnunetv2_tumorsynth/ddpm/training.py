@@ -104,7 +104,6 @@ class TrainingSettings:
     lr: float = 5e-5
     weight_decay: float = 1e-5
     ema_decay: float = 0.999  # 0: no moving average, checkpoints hold the trained weights
-    transplant: float = 0.0  # probability that a training crop's tumour is moved to a new place (data.transplant)
     channel: int = 0
     organ_label: str | int | None = None
     tumour_label: str | int | None = None
@@ -117,9 +116,9 @@ class TrainingSettings:
 # The defaults of ``tumorsynth_pretrain_ddpm`` per preset: the paper's recipe (Quinton et al. 2026, Appendix A)
 # for "paper" and "fast", and for "tiny" the CPU recipe measured in docs/benchmarks.md (bench_fidelity.py).
 PRESET_DEFAULTS: dict[str, dict[str, float | int]] = {
-    "paper": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0, "transplant": 0.0},
-    "fast": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0, "transplant": 0.0},
-    "tiny": {"epochs": 300, "batch_size": 4, "lr": 2e-3, "min_iterations": 3000, "transplant": 0.5},
+    "paper": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0},
+    "fast": {"epochs": 5000, "batch_size": 1, "lr": 5e-5, "min_iterations": 0},
+    "tiny": {"epochs": 300, "batch_size": 4, "lr": 2e-3, "min_iterations": 3000},
 }
 
 
@@ -434,8 +433,7 @@ def checkpoint_metadata(model: MaskedDiffusionUNet, data: TrainingData, records:
         transpose_forward=list(s0.transpose_forward),
         crop_centring="centre of mass of each tumour component; mask = that component's voxels inside the crop",
         pad_value=PAD_VALUE,
-        augmentation={"rotation_planes": [list(p) for p in rotation_planes(s0.spacing)], "flips": [0, 1, 2],
-                      "transplant": settings.transplant},
+        augmentation={"rotation_planes": [list(p) for p in rotation_planes(s0.spacing)], "flips": [0, 1, 2]},
         optimizer={"name": "AdamW", "lr": settings.lr, "weight_decay": settings.weight_decay},
         ema_decay=settings.ema_decay,
         batch_size=settings.batch_size,
