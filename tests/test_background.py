@@ -57,7 +57,7 @@ class FakeTexture:
         self.batches: list[int] = []
         self.seen: set[tuple[str, int]] = set()
 
-    def fill(self, images, masks, organs, rng, spacing=None):
+    def fill(self, images, masks, organs, rng, spacing=None, draws=None):
         self.calls += 1
         self.batches.append(len(images))
         self.seen.add((threading.current_thread().name, torch.get_num_threads()))

@@ -135,7 +135,7 @@ def test_fill_batch_size_follows_the_texture(dataset, tmp_path):
     class Texture:  # fixed crop: the whole generate call is one texture call
         crop_size, batch_size = (16, 32, 32), 3
 
-        def fill(self, images, masks, organs, rng, spacing=None):
+        def fill(self, images, masks, organs, rng, spacing=None, draws=None):
             calls.append(len(images))
             return images + masks
 

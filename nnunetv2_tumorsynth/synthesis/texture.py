@@ -1,9 +1,10 @@
 """Texture backends: fill a tumour mask inside an image crop with tumour-like intensities.
 
-Both backends share one interface, ``fill(images, masks, organs, rng, spacing) -> images``, on crops of
+Both backends share one interface, ``fill(images, masks, organs, rng, spacing, draws) -> images``, on crops of
 shape (B, 1, z, y, x) in nnU-Net's preprocessed axis order and intensity normalisation; ``organs`` is the
-organ's parenchyma label (existing tumours excluded), ``spacing`` mm per axis. Voxels outside each mask
-are returned bit-identical.
+organ's parenchyma label (existing tumours excluded), ``spacing`` mm per axis, ``draws`` per crop the tumour's
+calibrated parameters (``synthesis.statistics.TumourDraw``) or None. Voxels outside each mask are returned
+bit-identical.
 
 - ``DDPMTexture``: the bundled diffusion model inpaints the mask (Quinton et al. 2026, eq. 1-2).
 - ``HeuristicTexture``: Hu et al.'s (2023) hand-made texture (Gaussian noise scaled up and blurred, blurred
