@@ -27,6 +27,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    gated        Scarce       as ddpm, with the quality gate ``min_contrast_sd: "data"``
    heur_before  Scarce       as heur, calibration off (size "small", contrast sign at random)
    ddpm_before  Scarce       as ddpm, calibration off and the checkpoint's intensity range dropped
+   strength     Scarce       as ddpm, fills start from the calibrated tumour: ``ddpm_strength: 0.7``
    ===========  ===========  =====================================================================
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
@@ -79,6 +80,7 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "gated": ("Scarce", "nnUNetTrainerSynthTumor"),  # with the quality gate (ARM_SETTINGS)
     "heur_before": ("Scarce", "nnUNetTrainerSynthTumorHeuristic"),  # calibration off (ARM_SETTINGS)
     "ddpm_before": ("Scarce", "nnUNetTrainerSynthTumor"),  # calibration off, checkpoint without intensity range
+    "strength": ("Scarce", "nnUNetTrainerSynthTumor"),  # SDEdit start from the calibrated tumour (ARM_SETTINGS)
 }
 SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 5 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
@@ -86,12 +88,11 @@ SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM:
 # tumours of its own bank (measured on training cases, never on the test set).
 # The "before" arms switch calibration off as it was before it existed: size "small" (Hu et al. 2023's priors for
 # sizes and, for the heuristic texture, contrast, grain and edge), heuristic contrast sign at random, and (ddpm)
-# the sampler clamps to the crop's range widened by 50 % (a copy of the checkpoint without ``intensity_range``)
-# and samples each fill from noise (ddpm_strength 1). Everything else (DDPM model, sampler, steps) is the same as
-# in the "after" arms.
+# the sampler clamps to the crop's range widened by 50 % (a copy of the checkpoint without ``intensity_range``).
+# Everything else (DDPM model, sampler, steps) is the same as in the "after" arms.
 ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"},
-                "heur_before": {"size": "small", "heuristic_polarity": "either"},
-                "ddpm_before": {"size": "small", "ddpm_strength": 1.0}}
+                "heur_before": {"size": "small", "heuristic_polarity": "either"}, "ddpm_before": {"size": "small"},
+                "strength": {"ddpm_strength": 0.7}}
 
 
 def sh(cmd: list[str], env: dict, log: str) -> float:
@@ -287,7 +288,7 @@ def main() -> None:
 
     checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
                               "fold_all", "checkpoint_best.pth")
-    if {"ddpm", "gated", "ddpm_before"} & set(args.arms) and not os.path.isfile(checkpoint):
+    if {"ddpm", "gated", "ddpm_before", "strength"} & set(args.arms) and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
              TINY_PLANS, "--preset", "tiny", *(["--epochs", str(args.ddpm_epochs)] if args.ddpm_epochs else []),

@@ -36,8 +36,9 @@ class TumourSettings:
     heuristic_polarity: heuristic texture only: "either", "darker" or "brighter" (``texture.HeuristicTexture``).
     ddpm_steps / ddpm_sampler: sampling of the diffusion model; on the fly DPM-Solver++(2M) with 5 steps, the
         fewest within 5 % of DDIM 50's masked error and as faithful per lesion (docs/benchmarks.md, few-step sampling).
-    ddpm_strength: 1 samples each diffusion fill from noise (the paper's); below 1 the fill starts from the calibrated
-        heuristic tumour noised to that share of the schedule (SDEdit; ``texture.DDPMTexture``, docs/ddpm.md).
+    ddpm_strength: 1 (default) samples each diffusion fill from noise (the paper's); below 1 the fill starts from the
+        calibrated heuristic tumour noised to that share of the schedule (SDEdit; ``texture.DDPMTexture``). 0.7 made
+        too-faint fills dark enough on a phantom but cost the benefit on real MR (docs/ddpm.md, "Strength").
     margin_mm: minimum distance between a synthetic tumour and existing tumours.
     min_inside_fraction: at least this fraction of a tumour's voxels lies inside the organ; the rest is clipped
         away (``placement.place_random_tumour``). 1.0 keeps every tumour wholly inside the organ; the default 0.8
@@ -55,7 +56,7 @@ class TumourSettings:
     heuristic_polarity: str = "either"
     ddpm_steps: int = 5
     ddpm_sampler: str = "dpm++2m"
-    ddpm_strength: float = 0.7
+    ddpm_strength: float = 1.0
     margin_mm: float = 5.0
     min_inside_fraction: float = 0.8
     avoid_vessels: bool = False

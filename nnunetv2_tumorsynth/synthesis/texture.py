@@ -31,8 +31,8 @@ class DDPMTexture:
     ``strength`` 1 samples each fill from noise (Quinton et al. 2026, eq. 2). Below 1 the mask is first filled with
     the heuristic texture drawn from the fold's tumours (``HeuristicTexture`` with the calibrated ``draws``), which
     is noised to timestep ``strength T`` and denoised by the model (SDEdit, Meng et al. 2022): the tumour keeps the
-    drawn brightness and gets the model's texture. A model trained on a handful of bright and dark tumours filled
-    new places from noise with their average, about the parenchyma's brightness (docs/ddpm.md, "Strength").
+    drawn brightness and gets the model's texture. For a model whose fills at new places are too faint (trained on a
+    handful of bright and dark tumours, it fills them with their average); not the default (docs/ddpm.md, "Strength").
     """
 
     def __init__(self, checkpoint: str, steps: int = 50, sampler: str = "ddim", device: str = "cpu",
