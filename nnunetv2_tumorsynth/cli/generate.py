@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=250, help="diffusion sampling steps (default 250, the paper's)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim")
     parser.add_argument("--strength", type=float, default=None,
-                        help="diffusion fills start from noise (1) or from the calibrated heuristic tumour noised to "
-                             "this share of the schedule (SDEdit, below 1); default: the trainers' setting "
-                             "ddpm_strength (docs/ddpm.md)")
+                        help="diffusion fills start from noise (1, the default and the paper's) or from the "
+                             "calibrated heuristic tumour noised to this share of the schedule (SDEdit, below 1; "
+                             "docs/ddpm.md)")
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint (default: the one tumorsynth_pretrain_ddpm wrote for this dataset, "
                              "plans, configuration and fold)")
