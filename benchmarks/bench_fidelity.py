@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the JSON file name (keeps several runs apart)")
     parser.add_argument("--strength", type=float, default=None,
                         help="tumorsynth_generate --strength of the DDPM variants (default: its default)")
+    parser.add_argument("--brightness", choices=("model", "data"), default=None,
+                        help="tumorsynth_generate --brightness of the DDPM variants (default: its default)")
     parser.add_argument("--new-places", action="store_true",
                         help="new tumours at new places (size 'data') instead of --replace-real: what the trainers' "
                         "banks make; compared unpaired with the real training tumours")
@@ -240,7 +242,8 @@ def main() -> None:
             used = checkpoint_without_range(checkpoint, os.path.join(work, "ddpm_no_range.pth")) if strip else \
                 checkpoint
             cmd += ["--checkpoint", used, "--steps", str(args.steps), "--sampler", args.sampler,
-                    *([] if args.strength is None else ["--strength", str(args.strength)])]
+                    *([] if args.strength is None else ["--strength", str(args.strength)]),
+                    *([] if args.brightness is None else ["--brightness", args.brightness])]
         start = time.perf_counter()
         run_cli(cmd, env, echo=True, log=os.path.join(work, "fidelity_commands.log"))
         seconds = time.perf_counter() - start

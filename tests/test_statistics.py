@@ -15,6 +15,7 @@ from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths
 from nnunetv2_tumorsynth.synthesis.entry import Entry
 from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
 from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, measure_tumours
+from nnunetv2_tumorsynth.synthesis.synthesise import TumourSettings
 from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
 
 SPACING = (2.0, 1.0, 1.0)
@@ -137,7 +138,54 @@ def test_ddpm_fills_with_a_strength_below_one_keep_the_drawn_brightness(tmp_path
     without_draws = texture.fill(crops, masks, ~masks, np.random.default_rng(1), SPACING)  # Hu et al. 2023's priors
     assert np.array_equal(without_draws[~masks], crops[~masks])
     with pytest.raises(ValueError, match="ddpm_strength"):
-        make_texture("ddpm", checkpoint=checkpoint, ddpm_strength=1.5)
+        TumourSettings(ddpm_strength=1.5).check()
+
+
+def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_model_grain(tmp_path, monkeypatch):
+    """``ddpm_brightness: "data"``: a model whose fills are faint (here inpainting returns N(0.5, 0.7) in the mask) is
+    shifted so the fill's mean is the draw's contrast from the parenchyma ring (parenchyma N(0, 1): -3 SDs is a mean
+    near -3), its grain stays the model's (the SD inside the mask changes only by the edge blend), nothing outside
+    the mask changes, and it stays in the recorded range: a draw brighter than the range allows is shifted only until
+    1 % of the fill would leave it. Without draws (label-free) the fill is left as sampled."""
+    import nnunetv2_tumorsynth.ddpm as ddpm
+    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
+    from nnunetv2_tumorsynth.synthesis.statistics import TumourDraw
+    from nnunetv2_tumorsynth.synthesis.texture import make_texture
+
+    def faint_inpaint(model, images, masks, **kwargs):
+        noise = np.random.default_rng(kwargs["seed"]).normal(0.5, 0.7, images.shape).astype(np.float32)
+        return np.where(masks, noise, images)
+
+    monkeypatch.setattr(ddpm, "inpaint", faint_inpaint)
+    model = build_model("tiny")
+    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
+                         normalisation={"scheme": "ZScoreNormalization"},
+                         intensity_range={"tumour": [-6.0, 1.0], "parenchyma": [-3.0, 3.0], "clamp": [-6.0, 4.0]})
+    checkpoint = str(save_checkpoint(tmp_path / "m.pth", model, meta))
+    crops = np.random.default_rng(0).normal(0.0, 1.0, (3, 1, 16, 32, 32)).astype(np.float32)
+    masks = np.zeros(crops.shape, bool)
+    masks[:, :, 5:11, 10:22, 10:22] = True
+    draws = [TumourDraw(semi_axes_mm=(6.0, 6.0, 6.0), amplitude_mm=0.0, preset="small", contrast_sd=c,
+                        internal_sd=0.5, edge_blur_mm=0.5) for c in (-3.0, 2.0, 6.0)]
+    as_sampled = make_texture("ddpm", checkpoint=checkpoint).fill(crops, masks, ~masks, np.random.default_rng(1),
+                                                                 SPACING, draws=draws)
+    shifted = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="data").fill(
+        crops, masks, ~masks, np.random.default_rng(1), SPACING, draws=draws)
+    assert np.array_equal(shifted[~masks], crops[~masks])
+    assert shifted[masks].min() >= -6.0 - 1e-5 and shifted[masks].max() <= 4.0 + 1e-5
+    for b, contrast in enumerate((-3.0, 2.0)):
+        inside, sampled = shifted[b, 0][masks[b, 0]], as_sampled[b, 0][masks[b, 0]]
+        ring = crops[b, 0][~masks[b, 0]]
+        assert abs((inside.mean() - ring.mean()) / ring.std() - contrast) < 0.1
+        assert abs(inside.std() - sampled.std()) < 0.25 * abs(contrast - 0.5)  # only the edge blend adds spread
+    too_bright = shifted[2, 0][masks[2, 0]]
+    assert too_bright.mean() < 4.0 - 1.5 * 0.7 and np.mean(too_bright >= 4.0 - 1e-5) <= 0.011
+    unshifted = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="data").fill(
+        crops, masks, ~masks, np.random.default_rng(1), SPACING)
+    assert np.array_equal(unshifted, make_texture("ddpm", checkpoint=checkpoint).fill(
+        crops, masks, ~masks, np.random.default_rng(1), SPACING))
+    with pytest.raises(ValueError, match="ddpm_brightness"):
+        TumourSettings(ddpm_brightness="bright").check()
 
 
 def test_fidelity_check_warns_about_contrast_and_clamped_fills():

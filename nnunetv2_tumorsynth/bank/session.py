@@ -62,7 +62,8 @@ def load_texture(settings: SynthSettings, dataset: PreprocessedDataset, fold: in
     if not os.path.isfile(path):
         raise FileNotFoundError(f"diffusion checkpoint {path} does not exist; train one with tumorsynth_pretrain_ddpm")
     texture = make_texture("ddpm", checkpoint=path, ddpm_steps=settings.ddpm_steps, ddpm_sampler=settings.ddpm_sampler,
-                           device=str(device), batch_size=batch_size, ddpm_strength=settings.ddpm_strength)
+                           device=str(device), batch_size=batch_size, ddpm_strength=settings.ddpm_strength,
+                           ddpm_brightness=settings.ddpm_brightness)
     try:
         check_compatible(texture.metadata, dataset.spacing, {"scheme": dataset.normalisation()["scheme"]})
     except ValueError as e:
@@ -98,7 +99,7 @@ class SyntheticTumourTraining:
         if checkpoint is not None:
             log(f"synthetic tumours: diffusion model {checkpoint} (preset {self.texture.metadata['preset']}, crop "
                 f"{self.texture.crop_size} voxels, {settings.ddpm_steps} {settings.ddpm_sampler.upper()} steps, "
-                f"strength {settings.ddpm_strength:g})")
+                f"strength {settings.ddpm_strength:g}, brightness '{settings.ddpm_brightness}')")
         self.bank = SynthesisBank(self.bank_folder, self.texture, settings, self.spacing, self.organ_label,
                                   self.tumour_label, rank)
         self.rank, self.world_size, self.device = rank, world_size, device

@@ -4,7 +4,7 @@ Usage::
 
     tumorsynth_generate -d 501 -c 3d_fullres -f 0 [-p nnUNetPlans] -n 1000 --as-dataset 503 \\
         [--texture ddpm|heuristic] [--polarity darker|brighter|either] [--steps 250] [--sampler ddim] [--strength S] \\
-        [--deformation simplex|elastic] \\
+        [--brightness model|data] [--deformation simplex|elastic] \\
         [--size data|paper|tiny|small|medium|large|mix] [--include-real] [--replace-real] [--seed S] \\
         [-device cuda|cpu] [--overwrite]
 
@@ -20,7 +20,7 @@ from nnunetv2_tumorsynth.generate.generator import generate_dataset
 from nnunetv2_tumorsynth.generate.settings import DEVICES, GenerateError, GenerateSettings
 from nnunetv2_tumorsynth.synthesis.shape import DEFORMATIONS, SIZES
 from nnunetv2_tumorsynth.synthesis.synthesise import SAMPLERS
-from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
+from nnunetv2_tumorsynth.synthesis.texture import BRIGHTNESS, POLARITIES, TEXTURES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="diffusion fills start from noise (1, the default and the paper's) or from the "
                              "calibrated heuristic tumour noised to this share of the schedule (SDEdit, below 1; "
                              "docs/ddpm.md)")
+    parser.add_argument("--brightness", choices=BRIGHTNESS, default=None,
+                        help="diffusion fills keep the model's brightness (model) or are shifted to the contrast drawn "
+                             "from the fold's annotated tumours (data); default: the trainers' default (docs/ddpm.md)")
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint (default: the one tumorsynth_pretrain_ddpm wrote for this dataset, "
                              "plans, configuration and fold)")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         ddpm_steps=args.steps,
         ddpm_sampler=args.sampler, checkpoint=args.checkpoint,
         **({} if args.strength is None else {"ddpm_strength": args.strength}),
+        **({} if args.brightness is None else {"ddpm_brightness": args.brightness}),
         deformation=None if args.deformation == "none" else args.deformation,
         size=args.size, include_real=args.include_real, replace_real=args.replace_real, margin_mm=args.margin_mm,
         avoid_vessels=args.avoid_vessels, organ_label=args.organ_label, tumour_label=args.tumour_label,

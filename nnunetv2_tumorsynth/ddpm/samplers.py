@@ -431,8 +431,6 @@ def inpaint(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
     is_numpy = isinstance(image, np.ndarray)
     image_t = torch.from_numpy(image) if is_numpy else image
     mask_t = torch.from_numpy(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask

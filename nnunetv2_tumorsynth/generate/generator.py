@@ -354,6 +354,7 @@ class Generator:
             "steps": self.settings.ddpm_steps if self.checkpoint else None,
             "sampler": self.settings.ddpm_sampler if self.checkpoint else None, "checkpoint": self.checkpoint,
             "strength": self.settings.ddpm_strength if self.checkpoint else None,
+            "brightness": self.settings.ddpm_brightness if self.checkpoint else None,
             "checkpoint_sha256": self.checkpoint_sha256, "seed": seed,
             "rng": f"numpy.random.default_rng([{seed}, {image.index}])",
             "batch": batch, "fill_rng": f"numpy.random.default_rng([{seed}, {fill_index}])",

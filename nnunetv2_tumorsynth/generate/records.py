@@ -15,7 +15,7 @@ from nnunetv2_tumorsynth.generate.settings import PREVIEW_PNG
 
 CSV_COLUMNS = ("image", "index", "mode", "source_case", "tumour", "centre_x_mm", "centre_y_mm", "centre_z_mm",
                "volume_ml", "voxels", "size", "size_requested", "replaced", "deformation", "texture", "polarity",
-               "steps", "sampler", "strength", "checkpoint", "checkpoint_sha256", "seed")
+               "steps", "sampler", "strength", "brightness", "checkpoint", "checkpoint_sha256", "seed")
 
 
 def write_records_csv(records: list[dict], path: str) -> None:

@@ -17,7 +17,7 @@ from nnunetv2_tumorsynth.synthesis.mass_effect import MassEffect
 from nnunetv2_tumorsynth.synthesis.placement import SMALLER_SIZES, place_random_tumour
 from nnunetv2_tumorsynth.synthesis.shape import DEFORMATIONS, SIZES, equivalent_radius_mm
 from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, TumourDraw
-from nnunetv2_tumorsynth.synthesis.texture import POLARITIES, TEXTURES
+from nnunetv2_tumorsynth.synthesis.texture import BRIGHTNESS, POLARITIES, TEXTURES
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 HEURISTIC_CONTEXT_VOXELS = 4  # margin around the tumour box given to the heuristic texture (and its vessel search)
@@ -39,6 +39,9 @@ class TumourSettings:
     ddpm_strength: 1 (default) samples each diffusion fill from noise (the paper's); below 1 the fill starts from the
         calibrated heuristic tumour noised to that share of the schedule (SDEdit; ``texture.DDPMTexture``). 0.7 made
         too-faint fills dark enough on a phantom but cost the benefit on real MR (docs/ddpm.md, "Strength").
+    ddpm_brightness: "model" (default) keeps each diffusion fill's brightness as sampled; "data" shifts it to the
+        calibrated draw's contrast to its parenchyma ring, keeping the model's grain (``texture.DDPMTexture``;
+        docs/ddpm.md, "Brightness").
     margin_mm: minimum distance between a synthetic tumour and existing tumours.
     min_inside_fraction: at least this fraction of a tumour's voxels lies inside the organ; the rest is clipped
         away (``placement.place_random_tumour``). 1.0 keeps every tumour wholly inside the organ; the default 0.8
@@ -57,6 +60,7 @@ class TumourSettings:
     ddpm_steps: int = 5
     ddpm_sampler: str = "dpm++2m"
     ddpm_strength: float = 1.0
+    ddpm_brightness: str = "model"
     margin_mm: float = 5.0
     min_inside_fraction: float = 0.8
     avoid_vessels: bool = False
@@ -68,7 +72,8 @@ class TumourSettings:
     def check(self) -> None:
         """Raise ValueError naming the first setting with a value outside its choices or range."""
         choices = {"deformation": DEFORMATIONS, "size": SIZES, "texture": TEXTURES,
-                   "heuristic_polarity": tuple(POLARITIES), "ddpm_sampler": SAMPLERS}
+                   "heuristic_polarity": tuple(POLARITIES), "ddpm_sampler": SAMPLERS,
+                   "ddpm_brightness": BRIGHTNESS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"setting {name!r} must be one of {list(allowed)}, got {getattr(self, name)!r}")

@@ -25,8 +25,18 @@ from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
 
+BRIGHTNESS = ("model", "data")  # DDPMTexture.brightness
+MAX_SHIFTED_OUT = 0.01  # brightness "data": share of a fill's voxels the shift may push out of the recorded range
+
+
 class DDPMTexture:
     """Diffusion inpainting with a checkpoint from ``tumorsynth_pretrain_ddpm``.
+
+    ``brightness`` "model" keeps each fill as the model samples it. "data" then shifts the fill inside the mask,
+    blended over the drawn edge, so that its mean sits at the calibrated draw's contrast to its parenchyma ring
+    (``synthesis.statistics``): the model gives the grain, the fold's tumours the brightness, as for the heuristic
+    texture. A model trained on a handful of darker and brighter tumours fills new places with about their average
+    (docs/ddpm.md, "Brightness"). Fills without a draw (label-free) keep the model's brightness.
 
     ``strength`` 1 samples each fill from noise (Quinton et al. 2026, eq. 2). Below 1 the mask is first filled with
     the heuristic texture drawn from the fold's tumours (``HeuristicTexture`` with the calibrated ``draws``), which
@@ -36,16 +46,16 @@ class DDPMTexture:
     """
 
     def __init__(self, checkpoint: str, steps: int = 50, sampler: str = "ddim", device: str = "cpu",
-                 batch_size: int = 4, strength: float = 1.0):
+                 batch_size: int = 4, strength: float = 1.0, brightness: str = "model"):
         from nnunetv2_tumorsynth.ddpm import load_checkpoint
 
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"setting 'ddpm_strength' must be in (0, 1], got {strength!r}")
+        if brightness not in BRIGHTNESS:
+            raise ValueError(f"setting 'ddpm_brightness' must be one of {list(BRIGHTNESS)}, got {brightness!r}")
         self.model, self.metadata = load_checkpoint(checkpoint, map_location=device)
         self.model.to(device)
         self.checkpoint = checkpoint
         self.steps, self.sampler, self.device, self.batch_size = steps, sampler, device, batch_size
-        self.strength = strength
+        self.strength, self.brightness = strength, brightness
 
     @property
     def crop_size(self) -> tuple[int, int, int]:
@@ -63,9 +73,39 @@ class DDPMTexture:
         if self.strength < 1.0:
             images = HeuristicTexture().fill(images, masks, organs, rng, spacing, draws)
         seed = int(rng.integers(2**31))
-        return inpaint(self.model, images, masks, steps=self.steps, sampler=self.sampler, seed=seed,
-                       batch_size=self.batch_size, device=self.device, clip_x0=self.x0_range or True,
-                       strength=self.strength)
+        filled = inpaint(self.model, images, masks, steps=self.steps, sampler=self.sampler, seed=seed,
+                         batch_size=self.batch_size, device=self.device, clip_x0=self.x0_range or True,
+                         strength=self.strength)
+        if self.brightness == "data" and draws is not None:
+            spacing = np.asarray(check_spacing(spacing), float)
+            for b, draw in enumerate(draws):
+                if draw is not None:
+                    filled[b, 0] = self._shift_to_drawn_contrast(filled[b, 0], masks[b, 0].astype(bool),
+                                                                 organs[b, 0].astype(bool), spacing, draw)
+        return filled
+
+    def _shift_to_drawn_contrast(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, spacing: np.ndarray,
+                                 draw: TumourDraw) -> np.ndarray:
+        """Add a constant, blended over ``draw.edge_blur_mm`` (Hu et al. 2023, eq. 4), so that the mean inside the
+        mask is ``draw.contrast_sd`` ring SDs from the parenchyma ring's mean.
+
+        The shift stops where more than ``MAX_SHIFTED_OUT`` of the fill's voxels would leave the recorded range
+        (``x0_range``; the rest is clamped to it): a tumour drawn darker than its place allows comes out as dark as
+        the training tumours get, not as a block of voxels at the bound."""
+        organ_mean, organ_sd = ring_statistics(image, mask, organ, spacing)
+        weight = ndimage.gaussian_filter(mask.astype(np.float32), draw.edge_blur_mm / spacing) * mask
+        shift = (organ_mean + draw.contrast_sd * organ_sd - float(image[mask].mean())) / float(weight[mask].mean())
+        if self.x0_range is not None:
+            low, high = self.x0_range
+            values, w = image[mask], np.maximum(weight[mask], 1e-6)
+            if shift < 0:  # voxel v leaves the range below when shift < (low - value_v) / w_v
+                shift = min(0.0, max(shift, float(np.quantile((low - values) / w, 1.0 - MAX_SHIFTED_OUT))))
+            else:  # ... above when shift > (high - value_v) / w_v
+                shift = max(0.0, min(shift, float(np.quantile((high - values) / w, MAX_SHIFTED_OUT))))
+        shifted = image + shift * weight
+        if self.x0_range is not None:
+            shifted = np.clip(shifted, *self.x0_range)
+        return np.where(mask, shifted, image).astype(image.dtype)
 
     @property
     def x0_range(self) -> tuple[float, float] | None:
@@ -74,6 +114,31 @@ class DDPMTexture:
         own range widened by 50 % is used then)."""
         bounds = self.metadata.get("intensity_range", {}).get("clamp")
         return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+
+def parenchyma_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
+                          spacing: np.ndarray) -> tuple[float, float]:
+    """Mean and SD of the parenchyma around the tumour: organ voxels that are neither vessel nor mask.
+
+    Falls back to the organ with vessels (too few pure parenchyma voxels), then to the mask itself."""
+    vessels = vessel_mask_from_intensity(image, organ, spacing) if organ.sum() > 20 else np.zeros_like(organ)
+    for reference in (organ & ~vessels & ~mask, organ & ~mask, mask):
+        if reference.sum() > 20:
+            values = image[reference]
+            return float(values.mean()), float(values.std()) + 1e-3
+    values = image[mask]
+    return float(values.mean()), float(values.std()) + 1e-3
+
+
+def ring_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
+                    spacing: np.ndarray) -> tuple[float, float]:
+    """Mean and SD of the parenchyma ring, organ voxels within ``RING_MM`` of the mask (as the fold's tumours are
+    measured, ``synthesis.statistics``); the whole parenchyma when the ring has too few voxels."""
+    distance_mm = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    ring = organ & ~mask & (distance_mm <= RING_MM)
+    if ring.sum() > 20:
+        return float(image[ring].mean()), float(image[ring].std()) + 1e-3
+    return parenchyma_statistics(image, mask, organ, spacing)
 
 
 POLARITIES = {"darker": [-1.0], "brighter": [1.0], "either": [-1.0, 1.0]}  # signs of the tumour contrast
@@ -130,19 +195,6 @@ class HeuristicTexture:
             out[b, 0] = fill(*args) if draw is None else fill(*args, draw)
         return out
 
-    def parenchyma_statistics(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
-                              spacing: np.ndarray) -> tuple[float, float]:
-        """Mean and SD of the parenchyma around the tumour: organ voxels that are neither vessel nor mask.
-
-        Falls back to the organ with vessels (too few pure parenchyma voxels), then to the mask itself."""
-        vessels = vessel_mask_from_intensity(image, organ, spacing) if organ.sum() > 20 else np.zeros_like(organ)
-        for reference in (organ & ~vessels & ~mask, organ & ~mask, mask):
-            if reference.sum() > 20:
-                values = image[reference]
-                return float(values.mean()), float(values.std()) + 1e-3
-        values = image[mask]
-        return float(values.mean()), float(values.std()) + 1e-3
-
     def _texture(self, image: np.ndarray, mean: float, sd: float, grain_mm: float, rng: np.random.Generator,
                  spacing: np.ndarray) -> np.ndarray:
         """Gaussian noise N(mean, sd) on a grid of grain_mm cells, scaled up (cubic) and blurred (Hu et al. 2023,
@@ -158,12 +210,7 @@ class HeuristicTexture:
         """The tumour's mean at ``draw.contrast_sd`` ring SDs from its parenchyma ring, the SD inside the mask at
         ``draw.internal_sd`` ring SDs, a blurred edge of ``draw.edge_blur_mm``; no capsule (the fold's tumours
         set the look; see ``synthesis.statistics``)."""
-        distance_mm = ndimage.distance_transform_edt(~mask, sampling=spacing)
-        ring = organ & ~mask & (distance_mm <= RING_MM)
-        if ring.sum() > 20:
-            organ_mean, organ_sd = float(image[ring].mean()), float(image[ring].std()) + 1e-3
-        else:
-            organ_mean, organ_sd = self.parenchyma_statistics(image, mask, organ, spacing)
+        organ_mean, organ_sd = ring_statistics(image, mask, organ, spacing)
         texture = self._texture(image, 0.0, 1.0, rng.uniform(*self.grain_mm), rng, spacing)
         inside = texture[mask]
         texture = (texture - inside.mean()) / (inside.std() + 1e-6) * draw.internal_sd * organ_sd
@@ -175,7 +222,7 @@ class HeuristicTexture:
     def _fill_one(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, rng: np.random.Generator,
                   spacing: np.ndarray) -> np.ndarray:
         # random parameters, drawn in one place
-        organ_mean, organ_sd = self.parenchyma_statistics(image, mask, organ, spacing)
+        organ_mean, organ_sd = parenchyma_statistics(image, mask, organ, spacing)
         contrast = rng.choice(POLARITIES[self.polarity]) * rng.uniform(*self.contrast_sd)
         grain_mm = rng.uniform(*self.grain_mm)
         edge_sigma_mm = rng.uniform(*self.edge_blur_mm)
@@ -196,7 +243,7 @@ class HeuristicTexture:
 
 def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint: str | None = None,
                  ddpm_steps: int = 50, ddpm_sampler: str = "ddim", device: str = "cpu", batch_size: int = 4,
-                 ddpm_strength: float = 1.0):
+                 ddpm_strength: float = 1.0, ddpm_brightness: str = "model"):
     """The one texture factory: "heuristic" (Hu et al. 2023) or "ddpm" (needs ``checkpoint``)."""
     if texture == "heuristic":
         return HeuristicTexture(polarity=heuristic_polarity)
@@ -205,4 +252,4 @@ def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint
     if checkpoint is None:
         raise ValueError("the ddpm texture needs a diffusion checkpoint (tumorsynth_pretrain_ddpm)")
     return DDPMTexture(checkpoint, steps=ddpm_steps, sampler=ddpm_sampler, device=device, batch_size=batch_size,
-                       strength=ddpm_strength)
+                       strength=ddpm_strength, brightness=ddpm_brightness)
