@@ -28,7 +28,7 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    heur_before  Scarce       as heur, calibration off (size "small", contrast sign at random)
    ddpm_before  Scarce       as ddpm, calibration off and the checkpoint's intensity range dropped
    strength     Scarce       as ddpm, fills start from the calibrated tumour: ``ddpm_strength: 0.7``
-   brightness   Scarce       as ddpm, fills shifted to the calibrated contrast: ``ddpm_brightness: "data"``
+   ddpm_model   Scarce       as ddpm, fills keep the model's brightness: ``ddpm_brightness: "model"``
    ===========  ===========  =====================================================================
 
    Synthetic tumours use the trainers' defaults: size "data" (sizes, and for the heuristic texture contrast,
@@ -82,7 +82,7 @@ ARMS = {  # arm: (dataset, trainer without the _<E>epochs suffix)
     "heur_before": ("Scarce", "nnUNetTrainerSynthTumorHeuristic"),  # calibration off (ARM_SETTINGS)
     "ddpm_before": ("Scarce", "nnUNetTrainerSynthTumor"),  # calibration off, checkpoint without intensity range
     "strength": ("Scarce", "nnUNetTrainerSynthTumor"),  # SDEdit start from the calibrated tumour (ARM_SETTINGS)
-    "brightness": ("Scarce", "nnUNetTrainerSynthTumor"),  # fills shifted to the calibrated contrast (ARM_SETTINGS)
+    "ddpm_model": ("Scarce", "nnUNetTrainerSynthTumor"),  # fills keep the model's brightness (ARM_SETTINGS)
 }
 SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM: DPM-Solver++(2M), 5 steps)
 # The label-free arm has no real tumour: every sample gets a synthetic one (Hu et al. 2023 put synthetic tumours
@@ -94,7 +94,7 @@ SYNTH_SETTINGS = {"preview_every": 0}  # the trainers' defaults otherwise (DDPM:
 # Everything else (DDPM model, sampler, steps) is the same as in the "after" arms.
 ARM_SETTINGS = {"free": {"probability": 1.0}, "gated": {"min_contrast_sd": "data"},
                 "heur_before": {"size": "small", "heuristic_polarity": "either"}, "ddpm_before": {"size": "small"},
-                "strength": {"ddpm_strength": 0.7}, "brightness": {"ddpm_brightness": "data"}}
+                "strength": {"ddpm_strength": 0.7}, "ddpm_model": {"ddpm_brightness": "model"}}
 
 
 def sh(cmd: list[str], env: dict, log: str) -> float:
@@ -290,7 +290,7 @@ def main() -> None:
 
     checkpoint = os.path.join(env["nnUNet_results"], scarce, f"tumorsynth_ddpm__{TINY_PLANS}__3d_fullres",
                               "fold_all", "checkpoint_best.pth")
-    if {"ddpm", "gated", "ddpm_before", "strength", "brightness"} & set(args.arms) and not os.path.isfile(checkpoint):
+    if {"ddpm", "gated", "ddpm_before", "strength", "ddpm_model"} & set(args.arms) and not os.path.isfile(checkpoint):
         timings["ddpm_pretraining"] = sh(
             ["tumorsynth_pretrain_ddpm", "-d", str(DATASETS["Scarce"]), "-c", "3d_fullres", "-f", "all", "-p",
              TINY_PLANS, "--preset", "tiny", *(["--epochs", str(args.ddpm_epochs)] if args.ddpm_epochs else []),

@@ -142,7 +142,7 @@ def test_ddpm_fills_with_a_strength_below_one_keep_the_drawn_brightness(tmp_path
 
 
 def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_model_grain(tmp_path, monkeypatch):
-    """``ddpm_brightness: "data"``: a model whose fills are faint (here inpainting returns N(0.5, 0.7) in the mask) is
+    """``ddpm_brightness: "data"`` (the default): a model whose fills are faint (here inpainting returns N(0.5, 0.7) in the mask) is
     shifted so the fill's mean is the draw's contrast from the parenchyma ring (parenchyma N(0, 1): -3 SDs is a mean
     near -3), its grain stays the model's (the SD inside the mask changes only by the edge blend), nothing outside
     the mask changes, and it stays in the recorded range: a draw brighter than the range allows is shifted only until
@@ -167,9 +167,9 @@ def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_mode
     masks[:, :, 5:11, 10:22, 10:22] = True
     draws = [TumourDraw(semi_axes_mm=(6.0, 6.0, 6.0), amplitude_mm=0.0, preset="small", contrast_sd=c,
                         internal_sd=0.5, edge_blur_mm=0.5) for c in (-3.0, 2.0, 6.0)]
-    as_sampled = make_texture("ddpm", checkpoint=checkpoint).fill(crops, masks, ~masks, np.random.default_rng(1),
-                                                                 SPACING, draws=draws)
-    shifted = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="data").fill(
+    as_sampled = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="model").fill(
+        crops, masks, ~masks, np.random.default_rng(1), SPACING, draws=draws)
+    shifted = make_texture("ddpm", checkpoint=checkpoint).fill(
         crops, masks, ~masks, np.random.default_rng(1), SPACING, draws=draws)
     assert np.array_equal(shifted[~masks], crops[~masks])
     assert shifted[masks].min() >= -6.0 - 1e-5 and shifted[masks].max() <= 4.0 + 1e-5
@@ -180,9 +180,9 @@ def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_mode
         assert abs(inside.std() - sampled.std()) < 0.25 * abs(contrast - 0.5)  # only the edge blend adds spread
     too_bright = shifted[2, 0][masks[2, 0]]
     assert too_bright.mean() < 4.0 - 1.5 * 0.7 and np.mean(too_bright >= 4.0 - 1e-5) <= 0.011
-    unshifted = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="data").fill(
-        crops, masks, ~masks, np.random.default_rng(1), SPACING)
-    assert np.array_equal(unshifted, make_texture("ddpm", checkpoint=checkpoint).fill(
+    unshifted = make_texture("ddpm", checkpoint=checkpoint).fill(crops, masks, ~masks, np.random.default_rng(1),
+                                                                SPACING)
+    assert np.array_equal(unshifted, make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="model").fill(
         crops, masks, ~masks, np.random.default_rng(1), SPACING))
     with pytest.raises(ValueError, match="ddpm_brightness"):
         TumourSettings(ddpm_brightness="bright").check()
@@ -201,10 +201,12 @@ def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     off = fidelity_check(real, brighter, clamp_share=0.05)
     assert len(off.warnings) == 2
     assert "median contrast (+1." in off.warnings[0] and "5.0 %" in off.warnings[1]
+    assert "ddpm_brightness 'data'" in off.warnings[0], "the remedy for faint diffusion fills is named"
     mixed = FoldStatistics([replace(t, contrast_sd=-t.contrast_sd) if i == 0 else t
                             for i, t in enumerate(real.tumours)])
     warnings = fidelity_check(mixed, brighter, clamp_share=0.0).warnings
     assert len(warnings) == 1 and "darker (2) and brighter (1)" in warnings[0], "no median of a two-signed set"
+    assert "ddpm_brightness 'data'" in warnings[0], "a mixed fold is where diffusion fills need the drawn sign"
 
 
 def test_generate_refuses_size_data_only_when_most_calibrated_tumours_outgrow_the_crop():

@@ -222,13 +222,15 @@ def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
     if darker and brighter:  # the median of a two-signed set says nothing; the mix itself is the risk
         warnings.append(f"the annotated tumours are both darker ({darker}) and brighter ({brighter}) than their "
                         f"parenchyma: on a short budget a small network tends to learn one kind or none "
-                        f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours")
+                        f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours; with "
+                        f"the DDPM texture keep ddpm_brightness 'data', which gives each fill the sign of the tumour it "
+                        f"was drawn from (a model's own fills at new places come out near the tumours' average)")
     elif contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
         warnings.append(f"the synthetic tumours' median contrast ({contrast['synthetic']:+.2f} parenchyma SDs) is "
                         f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): check "
-                        f"that size is 'data' (calibration), lower the setting ddpm_strength (diffusion fills start "
-                        f"nearer the calibrated tumours; docs/ddpm.md, 'Strength'), train the diffusion model "
-                        f"longer, or use another texture")
+                        f"that size is 'data' (calibration) and, for the DDPM texture, ddpm_brightness 'data' "
+                        f"(fills shifted to the drawn contrast; docs/ddpm.md, 'Brightness'), train the diffusion "
+                        f"model longer, or use another texture")
     if clamp_share is not None and clamp_share > MAX_CLAMP_SHARE:
         warnings.append(f"{100 * clamp_share:.1f} % of the diffusion fills' voxels sit at the clamp bounds (more than "
                         f"{100 * MAX_CLAMP_SHARE:g} %): the model overshoots the training tumours' intensities; train "

@@ -39,8 +39,8 @@ class TumourSettings:
     ddpm_strength: 1 (default) samples each diffusion fill from noise (the paper's); below 1 the fill starts from the
         calibrated heuristic tumour noised to that share of the schedule (SDEdit; ``texture.DDPMTexture``). 0.7 made
         too-faint fills dark enough on a phantom but cost the benefit on real MR (docs/ddpm.md, "Strength").
-    ddpm_brightness: "model" (default) keeps each diffusion fill's brightness as sampled; "data" shifts it to the
-        calibrated draw's contrast to its parenchyma ring, keeping the model's grain (``texture.DDPMTexture``;
+    ddpm_brightness: "data" (default) shifts each diffusion fill to the calibrated draw's contrast to its parenchyma
+        ring, keeping the model's grain; "model" keeps the brightness as sampled (``texture.DDPMTexture``;
         docs/ddpm.md, "Brightness").
     margin_mm: minimum distance between a synthetic tumour and existing tumours.
     min_inside_fraction: at least this fraction of a tumour's voxels lies inside the organ; the rest is clipped
@@ -60,7 +60,7 @@ class TumourSettings:
     ddpm_steps: int = 5
     ddpm_sampler: str = "dpm++2m"
     ddpm_strength: float = 1.0
-    ddpm_brightness: str = "model"
+    ddpm_brightness: str = "data"
     margin_mm: float = 5.0
     min_inside_fraction: float = 0.8
     avoid_vessels: bool = False

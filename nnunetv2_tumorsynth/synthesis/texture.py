@@ -32,11 +32,11 @@ MAX_SHIFTED_OUT = 0.01  # brightness "data": share of a fill's voxels the shift 
 class DDPMTexture:
     """Diffusion inpainting with a checkpoint from ``tumorsynth_pretrain_ddpm``.
 
-    ``brightness`` "model" keeps each fill as the model samples it. "data" then shifts the fill inside the mask,
-    blended over the drawn edge, so that its mean sits at the calibrated draw's contrast to its parenchyma ring
-    (``synthesis.statistics``): the model gives the grain, the fold's tumours the brightness, as for the heuristic
-    texture. A model trained on a handful of darker and brighter tumours fills new places with about their average
-    (docs/ddpm.md, "Brightness"). Fills without a draw (label-free) keep the model's brightness.
+    ``brightness`` "data" (default) shifts each sampled fill inside the mask, blended over the drawn edge, so that its
+    mean sits at the calibrated draw's contrast to its parenchyma ring (``synthesis.statistics``): the model gives
+    the grain, the fold's tumours the brightness, as for the heuristic texture. A model trained on a handful of
+    darker and brighter tumours fills new places with about their average (docs/ddpm.md, "Brightness"). "model",
+    and fills without a draw (label-free), keep the brightness as sampled.
 
     ``strength`` 1 samples each fill from noise (Quinton et al. 2026, eq. 2). Below 1 the mask is first filled with
     the heuristic texture drawn from the fold's tumours (``HeuristicTexture`` with the calibrated ``draws``), which
@@ -46,7 +46,7 @@ class DDPMTexture:
     """
 
     def __init__(self, checkpoint: str, steps: int = 50, sampler: str = "ddim", device: str = "cpu",
-                 batch_size: int = 4, strength: float = 1.0, brightness: str = "model"):
+                 batch_size: int = 4, strength: float = 1.0, brightness: str = "data"):
         from nnunetv2_tumorsynth.ddpm import load_checkpoint
 
         if brightness not in BRIGHTNESS:
@@ -243,7 +243,7 @@ class HeuristicTexture:
 
 def make_texture(texture: str, *, heuristic_polarity: str = "either", checkpoint: str | None = None,
                  ddpm_steps: int = 50, ddpm_sampler: str = "ddim", device: str = "cpu", batch_size: int = 4,
-                 ddpm_strength: float = 1.0, ddpm_brightness: str = "model"):
+                 ddpm_strength: float = 1.0, ddpm_brightness: str = "data"):
     """The one texture factory: "heuristic" (Hu et al. 2023) or "ddpm" (needs ``checkpoint``)."""
     if texture == "heuristic":
         return HeuristicTexture(polarity=heuristic_polarity)
