@@ -100,3 +100,11 @@ def phantom_dataset(cli_env) -> PhantomDataset:
     name = f"Dataset{PHANTOM_ID}_Phantom"
     return PhantomDataset(PHANTOM_ID, name, os.path.join(os.environ["nnUNet_raw"], name),
                           os.path.join(os.environ["nnUNet_preprocessed"], name), cli_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(phantom_dataset):
+    """nnUNetTrainerTiny, fold 0, trained through the real nnUNetv2_train CLI (found via nnUNet_extTrainer); the
+    completed process. Shared by the tests that need a trained plain model (one training saves ~30 s)."""
+    return run([cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", "0",
+                "-p", phantom_dataset.plans, "-tr", "nnUNetTrainerTiny", "-device", "cpu"], env=phantom_dataset.env)

@@ -12,17 +12,19 @@ from conftest import cli, run
 pytestmark = pytest.mark.e2e
 
 TRAINER = "nnUNetTrainerTiny"
-FOLDS = ("3", "4")  # two different models of the same tiny trainer (other tests train fold 0)
+FOLDS = ("3", "0")  # two different models of the same tiny trainer: prediction, baseline (fold 0: tiny_model)
 
 
 @pytest.fixture(scope="module")
-def predictions(phantom_dataset, tmp_path_factory):
-    """Train nnUNetTrainerTiny on two folds and predict the phantom's test images with each."""
+def predictions(phantom_dataset, tiny_model, tmp_path_factory):
+    """nnUNetTrainerTiny on two folds (fold 0 is the session's ``tiny_model``), each predicting the phantom's test
+    images."""
     out = tmp_path_factory.mktemp("evaluate_e2e")
     folders = {}
     for fold in FOLDS:
-        run([cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", fold, "-p", phantom_dataset.plans,
-             "-tr", TRAINER, "-device", "cpu"], env=phantom_dataset.env)
+        if fold != "0":
+            run([cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", fold, "-p",
+                 phantom_dataset.plans, "-tr", TRAINER, "-device", "cpu"], env=phantom_dataset.env)
         folders[fold] = out / f"pred_fold{fold}"
         run([cli("nnUNetv2_predict"), "-d", str(phantom_dataset.dataset_id), "-c", "3d_fullres", "-f", fold,
              "-p", phantom_dataset.plans, "-tr", TRAINER, "-i", os.path.join(phantom_dataset.raw, "imagesTs"),
@@ -34,13 +36,13 @@ def test_evaluate_predict_output_with_a_baseline(predictions, phantom_dataset):
     out, folders = predictions
     report = out / "report"
     result = run([cli("tumorsynth_evaluate"), "-ref", os.path.join(phantom_dataset.raw, "labelsTs"),
-                  "-pred", str(folders["3"]), "-baseline", str(folders["4"]), "-o", str(report), "-np", "2"],
+                  "-pred", str(folders["3"]), "-baseline", str(folders["0"]), "-o", str(report), "-np", "2"],
                  env=phantom_dataset.env)
-    assert "| pred_fold3 | 2 |" in result.stdout and "| pred_fold4 | 2 |" in result.stdout
+    assert "| pred_fold3 | 2 |" in result.stdout and "| pred_fold0 | 2 |" in result.stdout
     assert "Lesion detection by size" in result.stdout and "cases: 100%" in result.stderr
     expected = {"summary.json", "cases.csv", "lesions.csv", "report.md", "boxplots_label1.png", "boxplots_label2.png",
-                "sensitivity_by_size_label2.png", "dice_difference_pred_fold3_vs_pred_fold4_label1.png",
-                "dice_difference_pred_fold3_vs_pred_fold4_label2.png"}
+                "sensitivity_by_size_label2.png", "dice_difference_pred_fold3_vs_pred_fold0_label1.png",
+                "dice_difference_pred_fold3_vs_pred_fold0_label2.png"}
     assert set(os.listdir(report)) == expected, "only the report files, no temporary files left"
 
     summary = json.loads((report / "summary.json").read_text())
@@ -48,7 +50,7 @@ def test_evaluate_predict_output_with_a_baseline(predictions, phantom_dataset):
     assert summary["settings"]["dataset_json"] == str(folders["3"] / "dataset.json")
     assert summary["settings"]["labels"] == {"1": "liver", "2": "tumour"}
     assert summary["settings"]["lesion_labels"] == ["2"]
-    assert list(summary["folders"]) == ["pred_fold3", "pred_fold4"]
+    assert list(summary["folders"]) == ["pred_fold3", "pred_fold0"]
     cases = ["phantomts_000", "phantomts_001"]
     n_lesions = None
     for name, folder in summary["folders"].items():
@@ -69,7 +71,7 @@ def test_evaluate_predict_output_with_a_baseline(predictions, phantom_dataset):
         n_lesions = lesions["n_lesions"] if n_lesions is None else n_lesions
         assert lesions["n_lesions"] == n_lesions > 0, f"{name}: the reference lesions do not depend on the folder"
     (comparison,) = summary["comparisons"]
-    assert (comparison["prediction"], comparison["baseline"]) == ("pred_fold3", "pred_fold4")
+    assert (comparison["prediction"], comparison["baseline"]) == ("pred_fold3", "pred_fold0")
     assert comparison["cases"] == cases
     assert set(comparison["tests"]["2"]) == {"dice", "nsd", "precision", "recall", "hd", "hd95"}
     text = (report / "summary.json").read_text()
@@ -78,11 +80,11 @@ def test_evaluate_predict_output_with_a_baseline(predictions, phantom_dataset):
     rows = list(csv.DictReader(open(report / "cases.csv")))
     assert len(rows) == 2 * 2 * 2
     assert {(r["folder"], r["case"], r["label"]) for r in rows} == {
-        (f, c, lab) for f in ("pred_fold3", "pred_fold4") for c in cases for lab in ("1", "2")}
+        (f, c, lab) for f in ("pred_fold3", "pred_fold0") for c in cases for lab in ("1", "2")}
     lesion_rows = list(csv.DictReader(open(report / "lesions.csv")))
     assert len(lesion_rows) == 2 * n_lesions
     markdown = (report / "report.md").read_text()
-    assert "| Folder | Cases | Dice (%) | NSD@5 mm (%) |" in markdown and "pred_fold3 vs pred_fold4" in markdown
+    assert "| Folder | Cases | Dice (%) | NSD@5 mm (%) |" in markdown and "pred_fold3 vs pred_fold0" in markdown
     assert "## Conventions" in markdown and "HD95" in markdown
     for name in expected:
         if name.endswith(".png"):

@@ -12,15 +12,6 @@ from conftest import cli, run
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="session")
-def tiny_model(phantom_dataset):
-    """nnUNetTrainerTiny trained through the real nnUNetv2_train CLI (found via nnUNet_extTrainer)."""
-    result = run([cli("nnUNetv2_train"), str(phantom_dataset.dataset_id), "3d_fullres", "0",
-                  "-p", phantom_dataset.plans, "-tr", "nnUNetTrainerTiny", "-device", "cpu"],
-                 env=phantom_dataset.env)
-    return result
-
-
 def test_nnunet_train_finds_our_trainer(tiny_model, phantom_dataset):
     assert "Using trainer 'nnUNetTrainerTiny' from" in tiny_model.stdout
     fold = os.path.join(os.environ["nnUNet_results"], phantom_dataset.name,
