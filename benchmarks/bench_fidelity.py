@@ -22,8 +22,9 @@ Measured on the written raw images against their source cases, with ``synthesis.
 so the raw scale does not matter):
 
 - per replaced lesion, its contrast minus the contrast of the real tumour it replaced (median, ring SDs);
-- the two-sample Kolmogorov-Smirnov statistic of contrast and of internal SD, all synthetic lesions against the
-  fold's real training tumours;
+- the two-sample Kolmogorov-Smirnov statistic of contrast, internal SD, border gradient and large-scale
+  brightness variation inside the tumour (``smooth_sd``), all synthetic lesions against the fold's real training
+  tumours;
 - the masked MSE of each fill against the tumour it replaced (nnU-Net's normalised units, as
   ``bench_ddpm_quality.py``; mean over lesions; these tumours were the DDPM's training data, so it compares
   samplers and step counts, not generalisation);
@@ -101,6 +102,7 @@ def lesion_rows(source, generated: str, bounds: tuple[float, float] | None) -> l
                    "radius_mm": real[k].radius_mm, "real_contrast_sd": real[k].contrast_sd,
                    "contrast_sd": synthetic[k].contrast_sd, "real_internal_sd": real[k].internal_sd,
                    "internal_sd": synthetic[k].internal_sd, "border_gradient_sd": synthetic[k].border_gradient_sd,
+                   "smooth_sd": synthetic[k].smooth_sd,
                    # as bench_ddpm_quality.py: mean squared fill error over the mask, nnU-Net's normalised units
                    "masked_mse": float(np.mean((case.inverse.forward(image[component])
                                                 - case.inverse.forward(real_image[component])) ** 2))}
@@ -132,7 +134,8 @@ def new_place_rows(source, generated: str, bounds: tuple[float, float] | None) -
                 continue  # a real tumour of the source case
             row = {"image": record["image"], "case": record["source_case"], "lesion": k,
                    "radius_mm": synthetic[k].radius_mm, "contrast_sd": synthetic[k].contrast_sd,
-                   "internal_sd": synthetic[k].internal_sd, "border_gradient_sd": synthetic[k].border_gradient_sd}
+                   "internal_sd": synthetic[k].internal_sd, "border_gradient_sd": synthetic[k].border_gradient_sd,
+                   "smooth_sd": synthetic[k].smooth_sd}
             if bounds is not None:
                 row["fill_voxels"] = int(component.sum())
                 row["at_bounds"] = voxels_at_bounds(case.inverse.forward(image[component]), bounds)
@@ -163,6 +166,11 @@ def summarise(rows: list[dict], real_tumours: list) -> dict:
     if rows and "border_gradient_sd" in rows[0]:
         out["ks_border_gradient"] = float(stats.ks_2samp([r["border_gradient_sd"] for r in rows],
                                                          [t.border_gradient_sd for t in real_tumours]).statistic)
+    if rows and "smooth_sd" in rows[0]:
+        smooth = [r["smooth_sd"] for r in rows]
+        real_smooth = [t.smooth_sd for t in real_tumours]
+        out |= {"ks_smooth": float(stats.ks_2samp(smooth, real_smooth).statistic),
+                "median_smooth_sd": float(np.median(smooth)), "real_median_smooth_sd": float(np.median(real_smooth))}
     if rows and "masked_mse" in rows[0]:
         out["masked_mse"] = float(np.mean([r["masked_mse"] for r in rows]))  # mean over lesions
     if rows and "fill_voxels" in rows[0]:
@@ -253,14 +261,16 @@ def main() -> None:
         results[name] = summarise(rows, real) | {"seconds": seconds, "rows": rows}
 
     header = ("variant", "lesions", "median contrast diff (SD)", "KS contrast", "KS internal SD", "KS border gradient",
-              "contrast synth / real", "internal SD synth / real", "clamp share synth / real", "masked MSE",
-              "generate s")
+              "KS smooth", "contrast synth / real", "smooth synth / real", "internal SD synth / real",
+              "clamp share synth / real", "masked MSE", "generate s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         clamp = f"{100 * r['clamp_share']:.2f} / {100 * r['real_clamp_share']:.2f} %" if "clamp_share" in r else "-"
         cells = [str(r["lesions"]), f"{r['median_contrast_difference_sd']:+.2f}", f"{r['ks_contrast']:.2f}",
                  f"{r['ks_internal_sd']:.2f}", f"{r['ks_border_gradient']:.2f}" if "ks_border_gradient" in r else "-",
+                 f"{r['ks_smooth']:.2f}" if "ks_smooth" in r else "-",
                  f"{r['median_contrast_sd']:+.2f} / {r['real_median_contrast_sd']:+.2f}",
+                 f"{r['median_smooth_sd']:.2f} / {r['real_median_smooth_sd']:.2f}" if "ks_smooth" in r else "-",
                  f"{r['median_internal_sd']:.2f} / {r['real_median_internal_sd']:.2f}", clamp,
                  f"{r['masked_mse']:.3f}" if "masked_mse" in r else "-", f"{r['seconds']:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -27,6 +27,17 @@ def ball(centre, radius_mm):
     return sum((g - c * s) ** 2 for g, c, s in zip(grids, centre, SPACING)) <= radius_mm**2
 
 
+def untrained_checkpoint(tmp_path, tumour: tuple, parenchyma: tuple, clamp: tuple) -> str:
+    """A tiny DDPM checkpoint (untrained) for (16, 32, 32) crops that records these intensity ranges."""
+    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
+
+    model = build_model("tiny")
+    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
+                         normalisation={"scheme": "ZScoreNormalization"},
+                         intensity_range={"tumour": list(tumour), "parenchyma": list(parenchyma), "clamp": list(clamp)})
+    return str(save_checkpoint(tmp_path / "m.pth", model, meta))
+
+
 def liver_with_tumours(rng, contrast_sd: float, radius_mm: float):
     """A liver (label 1, mean 0, SD 1) with three tumours (label 2) of ``contrast_sd`` and ``radius_mm``."""
     organ = ball((15, 40, 40), 34.0)
@@ -49,6 +60,10 @@ def test_measured_contrast_size_and_depth():
         assert row.radius_mm == pytest.approx(6.0, rel=0.15)
         assert min(row.axis_ratios) > 0.7, "a ball is round"
         assert 8.0 < row.depth_mm < 34.0
+        assert row.smooth_sd < 0.2, "uniform tumours with speckle: no large-scale variation inside"
+    ramp = np.arange(SHAPE[2], dtype=np.float32) * 0.3  # 0.3 SD per mm along x: SD 0.8 within a 6 mm ball
+    for row in measure_tumours(image + ramp * (labels == 2), labels, 1, 2, SPACING):
+        assert 0.3 < row.smooth_sd < 0.8, "a ramp across the tumour is large-scale (smoothing keeps about half)"
 
 
 def test_draws_follow_the_fold_and_are_a_function_of_the_generator():
@@ -95,14 +110,10 @@ def test_calibrated_heuristic_bank_makes_tumours_like_the_real_ones(tmp_path):
 def test_ddpm_fills_stay_inside_the_recorded_intensity_range(tmp_path):
     """An untrained model inpaints noise; the sampler clamps x0 to the checkpoint's range, not the crop's (which
     here reaches -5, 'fat'), so no fill value lies outside the recorded range."""
-    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
-    model = build_model("tiny")
-    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
-                         normalisation={"scheme": "ZScoreNormalization"},
-                         intensity_range={"tumour": [-2.0, 0.5], "parenchyma": [-1.5, 1.5], "clamp": [-2.0, 1.5]})
-    texture = make_texture("ddpm", checkpoint=str(save_checkpoint(tmp_path / "m.pth", model, meta)), ddpm_steps=5)
+    checkpoint = untrained_checkpoint(tmp_path, tumour=(-2.0, 0.5), parenchyma=(-1.5, 1.5), clamp=(-2.0, 1.5))
+    texture = make_texture("ddpm", checkpoint=checkpoint, ddpm_steps=5)
     rng = np.random.default_rng(0)
     crops = rng.normal(0.0, 1.0, (2, 1, 16, 32, 32)).astype(np.float32)
     crops[:, :, :, :4] = -5.0  # fat at the crop's edge
@@ -116,15 +127,10 @@ def test_ddpm_fills_stay_inside_the_recorded_intensity_range(tmp_path):
 def test_ddpm_fills_with_a_strength_below_one_keep_the_drawn_brightness(tmp_path):
     """SDEdit start (``DDPMTexture`` strength < 1): the mask is first filled by the calibrated heuristic tumour, so even
     an untrained model, started near the clean end of the schedule, returns tumours as dark as drawn."""
-    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.synthesis.statistics import TumourDraw
     from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
-    model = build_model("tiny")
-    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
-                         normalisation={"scheme": "ZScoreNormalization"},
-                         intensity_range={"tumour": [-6.0, 1.0], "parenchyma": [-3.0, 3.0], "clamp": [-6.0, 3.0]})
-    checkpoint = str(save_checkpoint(tmp_path / "m.pth", model, meta))
+    checkpoint = untrained_checkpoint(tmp_path, tumour=(-6.0, 1.0), parenchyma=(-3.0, 3.0), clamp=(-6.0, 3.0))
     rng = np.random.default_rng(0)
     crops = rng.normal(0.0, 1.0, (2, 1, 16, 32, 32)).astype(np.float32)
     masks = np.zeros(crops.shape, bool)
@@ -141,14 +147,14 @@ def test_ddpm_fills_with_a_strength_below_one_keep_the_drawn_brightness(tmp_path
         TumourSettings(ddpm_strength=1.5).check()
 
 
-def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_model_grain(tmp_path, monkeypatch):
-    """``ddpm_brightness: "data"`` (the default): a model whose fills are faint (here inpainting returns N(0.5, 0.7) in the mask) is
-    shifted so the fill's mean is the draw's contrast from the parenchyma ring (parenchyma N(0, 1): -3 SDs is a mean
-    near -3), its grain stays the model's (the SD inside the mask changes only by the edge blend), nothing outside
-    the mask changes, and it stays in the recorded range: a draw brighter than the range allows is shifted only until
-    1 % of the fill would leave it. Without draws (label-free) the fill is left as sampled."""
+def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_drawn_spread(tmp_path, monkeypatch):
+    """``ddpm_brightness: "data"`` (the default): a model whose fills are faint (here inpainting returns N(0.5, 0.7)
+    in the mask) is shifted so the fill's mean is the draw's contrast from the parenchyma ring (parenchyma N(0, 1):
+    -3 SDs is a mean near -3), its grain scaled to the drawn spread (0.5; the edge blend adds a little), nothing
+    outside the mask changes, and it stays in the recorded range: a draw brighter than the range allows is shifted
+    only until 1 % of the fill would leave it, and a spread is not widened where the range does not allow it.
+    Without draws (label-free) the fill is left as sampled."""
     import nnunetv2_tumorsynth.ddpm as ddpm
-    from nnunetv2_tumorsynth.ddpm import build_model, make_metadata, save_checkpoint
     from nnunetv2_tumorsynth.synthesis.statistics import TumourDraw
     from nnunetv2_tumorsynth.synthesis.texture import make_texture
 
@@ -157,16 +163,12 @@ def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_mode
         return np.where(masks, noise, images)
 
     monkeypatch.setattr(ddpm, "inpaint", faint_inpaint)
-    model = build_model("tiny")
-    meta = make_metadata(model, crop_size_vox=(16, 32, 32), spacing_mm=SPACING,
-                         normalisation={"scheme": "ZScoreNormalization"},
-                         intensity_range={"tumour": [-6.0, 1.0], "parenchyma": [-3.0, 3.0], "clamp": [-6.0, 4.0]})
-    checkpoint = str(save_checkpoint(tmp_path / "m.pth", model, meta))
-    crops = np.random.default_rng(0).normal(0.0, 1.0, (3, 1, 16, 32, 32)).astype(np.float32)
+    checkpoint = untrained_checkpoint(tmp_path, tumour=(-6.0, 1.0), parenchyma=(-3.0, 3.0), clamp=(-6.0, 4.0))
+    crops = np.random.default_rng(0).normal(0.0, 1.0, (4, 1, 16, 32, 32)).astype(np.float32)
     masks = np.zeros(crops.shape, bool)
     masks[:, :, 5:11, 10:22, 10:22] = True
     draws = [TumourDraw(semi_axes_mm=(6.0, 6.0, 6.0), amplitude_mm=0.0, preset="small", contrast_sd=c,
-                        internal_sd=0.5, edge_blur_mm=0.5) for c in (-3.0, 2.0, 6.0)]
+                        internal_sd=s, edge_blur_mm=0.5) for c, s in ((-3.0, 0.5), (2.0, 0.5), (6.0, 0.5), (-5.0, 1.5))]
     as_sampled = make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="model").fill(
         crops, masks, ~masks, np.random.default_rng(1), SPACING, draws=draws)
     shifted = make_texture("ddpm", checkpoint=checkpoint).fill(
@@ -177,15 +179,56 @@ def test_ddpm_fills_with_brightness_data_sit_at_the_drawn_contrast_with_the_mode
         inside, sampled = shifted[b, 0][masks[b, 0]], as_sampled[b, 0][masks[b, 0]]
         ring = crops[b, 0][~masks[b, 0]]
         assert abs((inside.mean() - ring.mean()) / ring.std() - contrast) < 0.1
-        assert abs(inside.std() - sampled.std()) < 0.25 * abs(contrast - 0.5)  # only the edge blend adds spread
+        assert inside.std() == pytest.approx(0.5 * ring.std(), abs=0.25 * abs(contrast - 0.5))  # drawn spread,
+        assert sampled.std() == pytest.approx(0.7, rel=0.1)  # not the model's; only the edge blend adds to it
     too_bright = shifted[2, 0][masks[2, 0]]
     assert too_bright.mean() < 4.0 - 1.5 * 0.7 and np.mean(too_bright >= 4.0 - 1e-5) <= 0.011
+    near_floor = shifted[3, 0][masks[3, 0]]  # a wider spread at -5 SDs would push the fill through the floor of -6
+    assert near_floor.std() < 1.2 * as_sampled[3, 0][masks[3, 0]].std(), "not widened 1.5 x: the range stops it"
+    assert np.mean(near_floor <= -6.0 + 1e-5) <= 0.011
     unshifted = make_texture("ddpm", checkpoint=checkpoint).fill(crops, masks, ~masks, np.random.default_rng(1),
                                                                 SPACING)
     assert np.array_equal(unshifted, make_texture("ddpm", checkpoint=checkpoint, ddpm_brightness="model").fill(
         crops, masks, ~masks, np.random.default_rng(1), SPACING))
     with pytest.raises(ValueError, match="ddpm_brightness"):
         TumourSettings(ddpm_brightness="bright").check()
+
+
+def test_ddpm_fills_with_brightness_data_take_the_drawn_tumours_large_scale_variation_and_spread(tmp_path, monkeypatch):
+    """A model that fills each mask dark on one side and parenchyma-grey on the other (a ramp of 0.5 SD per mm along
+    x) with a faint grain (N(0, 0.4)): a draw from a uniform tumour (``smooth_sd`` 0.05, ``internal_sd`` 0.6)
+    loses the ramp and gets the drawn spread from the grain; a draw from a tumour as blotchy as the fill keeps the
+    ramp; statistics without ``smooth_sd`` (NaN, written before it was measured) keep it too."""
+    import nnunetv2_tumorsynth.ddpm as ddpm
+    from nnunetv2_tumorsynth.synthesis.statistics import TumourDraw, large_scale_component
+    from nnunetv2_tumorsynth.synthesis.texture import make_texture
+
+    def ramped_inpaint(model, images, masks, **kwargs):
+        grain = np.random.default_rng(kwargs["seed"]).normal(0.0, 0.4, images.shape).astype(np.float32)
+        ramp = 0.5 * np.arange(images.shape[-1], dtype=np.float32) - 8.0  # mask x 10-21: -3 to +2.5
+        return np.where(masks, grain + ramp, images)
+
+    monkeypatch.setattr(ddpm, "inpaint", ramped_inpaint)
+    checkpoint = untrained_checkpoint(tmp_path, tumour=(-9.0, 9.0), parenchyma=(-3.0, 3.0), clamp=(-9.0, 9.0))
+    crops = np.random.default_rng(0).normal(0.0, 1.0, (3, 1, 16, 32, 32)).astype(np.float32)
+    masks = np.zeros(crops.shape, bool)
+    masks[:, :, 5:11, 10:22, 10:22] = True
+    draws = [TumourDraw(semi_axes_mm=(6.0, 6.0, 6.0), amplitude_mm=0.0, preset="small", contrast_sd=-2.0,
+                        internal_sd=0.6, edge_blur_mm=0.5, smooth_sd=s) for s in (0.05, 5.0, float("nan"))]
+    filled = make_texture("ddpm", checkpoint=checkpoint).fill(crops, masks, ~masks, np.random.default_rng(1),
+                                                             SPACING, draws=draws)
+    assert np.array_equal(filled[~masks], crops[~masks])
+    mask = masks[0, 0]
+    sampled = ramped_inpaint(None, crops, masks, seed=0)[0, 0]
+    sampled_smooth = large_scale_component(sampled, mask, SPACING).std()
+    smooth = [large_scale_component(filled[b, 0], mask, SPACING).std() for b in range(3)]
+    ring = crops[0, 0][~mask]
+    assert sampled_smooth > 0.8
+    assert smooth[0] < 0.15 * ring.std(), "the ramp is gone: large-scale variation near the drawn 0.05 ring SDs"
+    assert filled[0, 0][mask].std() == pytest.approx(0.6 * ring.std(), rel=0.2), "the drawn spread, from the grain"
+    assert (filled[0, 0][mask].mean() - ring.mean()) / ring.std() == pytest.approx(-2.0, abs=0.1)
+    for b in (1, 2):  # spread scaled down to the drawn 0.6 by at most GRAIN_SCALE's factor 0.5; the ramp's shape kept
+        assert smooth[b] > 0.5 * sampled_smooth
 
 
 def test_fidelity_check_warns_about_contrast_and_clamped_fills():

@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                              "calibrated heuristic tumour noised to this share of the schedule (SDEdit, below 1; "
                              "docs/ddpm.md)")
     parser.add_argument("--brightness", choices=BRIGHTNESS, default=None,
-                        help="diffusion fills are shifted to the contrast drawn from the fold's annotated tumours "
-                             "(data, the default, as the trainers) or keep the model's brightness (model); docs/ddpm.md")
+                        help="diffusion fills take the contrast, spread and large-scale variation drawn from the "
+                             "fold's annotated tumours (data, the default, as the trainers) or keep the model's "
+                             "(model); docs/ddpm.md")
     parser.add_argument("--checkpoint", default=None,
                         help="diffusion checkpoint (default: the one tumorsynth_pretrain_ddpm wrote for this dataset, "
                              "plans, configuration and fold)")

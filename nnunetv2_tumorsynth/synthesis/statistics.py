@@ -14,6 +14,9 @@ Per tumour (a connected component, 26-connectivity, of the tumour label), in the
 - ``internal_sd``: SD inside the tumour / ring SD.
 - ``border_gradient_sd``: mean gradient magnitude on both sides of the border, in ring SDs per mm.
 - ``depth_mm``: distance from the tumour's centre to the outside of the organ (organ and tumour labels).
+- ``smooth_sd``: SD over the tumour of its large-scale brightness (``large_scale_component``: the intensities
+  smoothed at half the tumour's equivalent radius) / ring SD. A uniform tumour with voxel speckle reads near 0, a
+  tumour dark on one side and parenchyma-grey on the other, or mottled in blotches, reads high.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ AMPLITUDE_PER_RADIUS = (0.11, 0.22)  # shape deformation amplitude / radius, as 
 # calibrated tumour's measured contrast falls below its drawn one (edge blur, partial volume), so the faintest real
 # contrast itself would reject half of the calibrated heuristic tumours (measured on training banks, docs/benchmarks.md)
 GATE_FRACTION = 0.5
-FEATURES = ("radius_mm", "contrast_sd", "internal_sd", "border_gradient_sd", "depth_mm")
+FEATURES = ("radius_mm", "contrast_sd", "internal_sd", "border_gradient_sd", "depth_mm")  # every tumour has them
+SUMMARY_FEATURES = (*FEATURES, "smooth_sd")  # smooth_sd: NaN in statistics written before it was measured
 
 
 @dataclass
@@ -54,6 +58,19 @@ class TumourStatistics:
     internal_sd: float
     border_gradient_sd: float
     depth_mm: float
+    smooth_sd: float = math.nan  # NaN in statistics written before it was measured
+
+
+def large_scale_component(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The intensities inside ``mask`` smoothed by a Gaussian of half the mask's equivalent radius (sigma, mm),
+    normalised by the smoothed mask so that only mask voxels count, minus their mean: one value per mask voxel, in
+    the order of ``image[mask]``. What is left (``image[mask]`` minus it) is the grain."""
+    spacing = np.asarray(spacing, float)
+    sigma = 0.5 * equivalent_radius_mm(mask, spacing) / spacing
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma)
+    smooth = ndimage.gaussian_filter(np.where(mask, image, 0.0).astype(np.float64), sigma)[mask]
+    smooth = smooth / np.maximum(weight[mask], 1e-9)
+    return smooth - smooth.mean()
 
 
 def principal_axis_ratios(mask: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
@@ -81,10 +98,13 @@ def measure_tumours(image: np.ndarray, labels: np.ndarray, organ_label: int, tum
     for mask in tumour_components(every):
         features = tumour_features(image, mask, parenchyma, spacing, other_tumours=every & ~mask, shell_mm=RING_MM)
         centre = tuple(int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+        ring_sd = features["organ_sd"]
+        smooth = float(large_scale_component(image, mask, spacing).std()) / ring_sd if ring_sd > 0 else math.nan
         rows.append(TumourStatistics(
             case=case, radius_mm=equivalent_radius_mm(mask, spacing), axis_ratios=principal_axis_ratios(mask, spacing),
             contrast_sd=features["contrast_sd"], internal_sd=features["heterogeneity_sd"],
-            border_gradient_sd=features["boundary_gradient_sd"], depth_mm=float(inside_organ[centre])))
+            border_gradient_sd=features["boundary_gradient_sd"], depth_mm=float(inside_organ[centre]),
+            smooth_sd=smooth))
     return rows
 
 
@@ -101,7 +121,9 @@ def measure_cases(dataset, cases: Sequence[str], organ_label: int, tumour_label:
 @dataclass
 class TumourDraw:
     """One synthetic tumour's calibrated parameters: semi-axes (mm, z y x), deformation amplitude (mm), the
-    nearest size preset (sets the shape's noise scale), contrast and internal SD (parenchyma SDs), edge blur (mm)."""
+    nearest size preset (sets the shape's noise scale), contrast and internal SD (parenchyma SDs), edge blur (mm),
+    and the largest large-scale brightness variation inside the tumour (``smooth_sd``, parenchyma SDs; NaN: no
+    limit)."""
 
     semi_axes_mm: tuple[float, float, float]
     amplitude_mm: float
@@ -109,6 +131,7 @@ class TumourDraw:
     contrast_sd: float
     internal_sd: float
     edge_blur_mm: float
+    smooth_sd: float = math.nan
 
 
 class FoldStatistics:
@@ -131,7 +154,8 @@ class FoldStatistics:
         """One real tumour chosen at random, its size, shape, contrast, grain and edge jittered.
 
         The contrast keeps the real tumour's sign; the edge blur is the Gaussian sigma (mm) whose blurred step of
-        the drawn contrast has the real tumour's border gradient: sigma = |contrast| / (gradient sqrt(2 pi)).
+        the drawn contrast has the real tumour's border gradient: sigma = |contrast| / (gradient sqrt(2 pi)); the
+        large-scale variation is the real tumour's, not jittered (a limit for diffusion fills, ``texture.DDPMTexture``).
         """
         real = self.tumours[int(rng.integers(len(self.tumours)))]
         radius = real.radius_mm * float(np.exp(rng.normal(0.0, SIZE_JITTER)))
@@ -145,13 +169,15 @@ class FoldStatistics:
         edge = abs(contrast) / max(real.border_gradient_sd * math.sqrt(2 * math.pi), 1e-6)
         preset = min(SIZE_PRESETS, key=lambda name: abs(math.log(SIZE_PRESETS[name].radius_mm / radius)))
         return TumourDraw(tuple(float(a) for a in semi_axes), float(radius * rng.uniform(*AMPLITUDE_PER_RADIUS)),
-                          preset, float(contrast), float(internal), float(np.clip(edge, 0.3, 3.0)))
+                          preset, float(contrast), float(internal), float(np.clip(edge, 0.3, 3.0)),
+                          float(real.smooth_sd))
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Median and 10th / 90th percentiles of every feature."""
         out = {}
-        for feature in FEATURES:
-            values = np.array([getattr(t, feature) for t in self.tumours])
+        for feature in SUMMARY_FEATURES:
+            values = np.array([getattr(t, feature) for t in self.tumours], float)
+            values = values[np.isfinite(values)]
             out[feature] = ({"median": float(np.median(values)), "p10": float(np.percentile(values, 10)),
                              "p90": float(np.percentile(values, 90))} if len(values) else {})
         return out
@@ -174,7 +200,7 @@ class FoldStatistics:
         return cls(TumourStatistics(**{**t, "axis_ratios": tuple(t["axis_ratios"])}) for t in payload["tumours"])
 
 
-FIDELITY_FEATURES = ("radius_mm", "contrast_sd", "internal_sd", "border_gradient_sd")
+FIDELITY_FEATURES = ("radius_mm", "contrast_sd", "internal_sd", "border_gradient_sd", "smooth_sd")
 MAX_CONTRAST_GAP_SD = 1.0  # fidelity warning: synthetic median contrast this far from the real one
 MAX_CLAMP_SHARE = 0.01  # fidelity warning: this share of DDPM fill voxels at the clamp bounds
 
@@ -222,9 +248,10 @@ def fidelity_check(real: FoldStatistics, synthetic: Sequence[TumourStatistics],
     if darker and brighter:  # the median of a two-signed set says nothing; the mix itself is the risk
         warnings.append(f"the annotated tumours are both darker ({darker}) and brighter ({brighter}) than their "
                         f"parenchyma: on a short budget a small network tends to learn one kind or none "
-                        f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours; with "
-                        f"the DDPM texture keep ddpm_brightness 'data', which gives each fill the sign of the tumour it "
-                        f"was drawn from (a model's own fills at new places come out near the tumours' average)")
+                        f"(docs/benchmarks.md, bench_bank_polarity.py); train longer or annotate more tumours; "
+                        f"with the DDPM texture keep ddpm_brightness 'data', which gives each fill the sign of the "
+                        f"tumour it was drawn from (a model's own fills at new places come out near the tumours' "
+                        f"average)")
     elif contrast is not None and abs(contrast["synthetic"] - contrast["real"]) > MAX_CONTRAST_GAP_SD:
         warnings.append(f"the synthetic tumours' median contrast ({contrast['synthetic']:+.2f} parenchyma SDs) is "
                         f"more than {MAX_CONTRAST_GAP_SD:g} SD from the real ones' ({contrast['real']:+.2f}): check "

@@ -21,12 +21,13 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
-from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw
+from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw, large_scale_component
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
-
 
 BRIGHTNESS = ("model", "data")  # DDPMTexture.brightness
 MAX_SHIFTED_OUT = 0.01  # brightness "data": share of a fill's voxels the shift may push out of the recorded range
+SMOOTHING_ROUNDS = 5  # brightness "data": most rounds that scale a fill's large-scale variation down to the draw's
+GRAIN_SCALE = (0.5, 1.5)  # brightness "data": the factor that brings a fill's spread to the draw's stays within
 
 
 class DDPMTexture:
@@ -80,32 +81,66 @@ class DDPMTexture:
             spacing = np.asarray(check_spacing(spacing), float)
             for b, draw in enumerate(draws):
                 if draw is not None:
-                    filled[b, 0] = self._shift_to_drawn_contrast(filled[b, 0], masks[b, 0].astype(bool),
-                                                                 organs[b, 0].astype(bool), spacing, draw)
+                    filled[b, 0] = self._match_drawn_brightness(filled[b, 0], masks[b, 0].astype(bool),
+                                                                organs[b, 0].astype(bool), spacing, draw)
         return filled
 
-    def _shift_to_drawn_contrast(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, spacing: np.ndarray,
-                                 draw: TumourDraw) -> np.ndarray:
-        """Add a constant, blended over ``draw.edge_blur_mm`` (Hu et al. 2023, eq. 4), so that the mean inside the
-        mask is ``draw.contrast_sd`` ring SDs from the parenchyma ring's mean.
+    def _match_drawn_brightness(self, image: np.ndarray, mask: np.ndarray, organ: np.ndarray, spacing: np.ndarray,
+                                draw: TumourDraw) -> np.ndarray:
+        """Bring the fill's intensity statistics to the draw's, in ring SDs of its parenchyma ring:
 
-        The shift stops where more than ``MAX_SHIFTED_OUT`` of the fill's voxels would leave the recorded range
-        (``x0_range``; the rest is clamped to it): a tumour drawn darker than its place allows comes out as dark as
-        the training tumours get, not as a block of voxels at the bound."""
+        1. its large-scale variation (``statistics.large_scale_component``) is scaled down to at most
+           ``draw.smooth_sd`` ring SDs, the real drawn tumour's: a model that learnt a handful of tumours can fill a
+           larger mask with a dark blob on one side and parenchyma grey on the other, where the fold's tumours are
+           uniform; a fold of blotchy tumours keeps blotchy fills;
+        2. its spread around its mean is scaled to ``draw.internal_sd`` ring SDs (by a factor within
+           ``GRAIN_SCALE``; a larger spread only as far as step 3 then keeps ``MAX_SHIFTED_OUT`` inside the recorded
+           range): a small model's grain comes out fainter than the tumours it learnt;
+        3. a constant, blended over ``draw.edge_blur_mm`` (``edge_weight``), is added so that the mean inside the
+           mask is ``draw.contrast_sd`` ring SDs from the parenchyma ring's mean. The shift stops where more than
+           ``MAX_SHIFTED_OUT`` of the fill's voxels would leave the recorded range (``x0_range``; the rest is
+           clamped to it): a tumour drawn darker than its place allows comes out as dark as the training tumours
+           get, not as a block of voxels at the bound.
+
+        The pattern of the grain stays the model's; its amounts are the fold's tumours' (docs/ddpm.md,
+        "Brightness")."""
         organ_mean, organ_sd = ring_statistics(image, mask, organ, spacing)
-        weight = ndimage.gaussian_filter(mask.astype(np.float32), draw.edge_blur_mm / spacing) * mask
-        shift = (organ_mean + draw.contrast_sd * organ_sd - float(image[mask].mean())) / float(weight[mask].mean())
-        if self.x0_range is not None:
-            low, high = self.x0_range
-            values, w = image[mask], np.maximum(weight[mask], 1e-6)
-            if shift < 0:  # voxel v leaves the range below when shift < (low - value_v) / w_v
-                shift = min(0.0, max(shift, float(np.quantile((low - values) / w, 1.0 - MAX_SHIFTED_OUT))))
-            else:  # ... above when shift > (high - value_v) / w_v
-                shift = max(0.0, min(shift, float(np.quantile((high - values) / w, MAX_SHIFTED_OUT))))
-        shifted = image + shift * weight
-        if self.x0_range is not None:
-            shifted = np.clip(shifted, *self.x0_range)
-        return np.where(mask, shifted, image).astype(image.dtype)
+        weight = edge_weight(mask, draw.edge_blur_mm, spacing)[mask]
+        image = image.copy()
+        for _ in range(SMOOTHING_ROUNDS):  # smoothing is no projection: removing a share of the smoothed
+            smooth = large_scale_component(image, mask, spacing)  # fill leaves some of it; a few rounds converge
+            excess = 1.0 - draw.smooth_sd * organ_sd / max(float(smooth.std()), 1e-9)
+            if not excess > 0.05:  # also False for a NaN smooth_sd (statistics written before it was measured)
+                break
+            image[mask] -= (excess * smooth).astype(image.dtype)
+        values = image[mask].astype(np.float64)
+        target_mean = organ_mean + draw.contrast_sd * organ_sd
+        wanted = float(np.clip(draw.internal_sd * organ_sd / max(float(values.std()), 1e-9), *GRAIN_SCALE))
+        for scale in np.linspace(wanted, min(wanted, 1.0), 5):  # a larger spread only while the range allows it
+            scaled = values.mean() + scale * (values - values.mean())
+            shift = (target_mean - scaled.mean()) / weight.mean()
+            if self._share_out_of_range(scaled + shift * weight) <= MAX_SHIFTED_OUT:
+                break
+        filled = scaled + self._limited_shift(scaled, weight, shift) * weight
+        image[mask] = (filled if self.x0_range is None else np.clip(filled, *self.x0_range)).astype(image.dtype)
+        return image
+
+    def _share_out_of_range(self, values: np.ndarray) -> float:
+        """Share of ``values`` outside the recorded range (0 without one)."""
+        if self.x0_range is None:
+            return 0.0
+        return float(np.mean((values < self.x0_range[0]) | (values > self.x0_range[1])))
+
+    def _limited_shift(self, values: np.ndarray, weight: np.ndarray, shift: float) -> float:
+        """``shift`` (times ``weight`` per voxel), reduced so that at most ``MAX_SHIFTED_OUT`` of ``values`` leave
+        the recorded range."""
+        if self.x0_range is None:
+            return shift
+        low, high = self.x0_range
+        weight = np.maximum(weight, 1e-6)
+        if shift < 0:  # voxel v leaves the range below when shift < (low - value_v) / w_v
+            return min(0.0, max(shift, float(np.quantile((low - values) / weight, 1.0 - MAX_SHIFTED_OUT))))
+        return max(0.0, min(shift, float(np.quantile((high - values) / weight, MAX_SHIFTED_OUT))))  # ... above
 
     @property
     def x0_range(self) -> tuple[float, float] | None:
@@ -114,6 +149,12 @@ class DDPMTexture:
         own range widened by 50 % is used then)."""
         bounds = self.metadata.get("intensity_range", {}).get("clamp")
         return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+
+def edge_weight(mask: np.ndarray, blur_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Blend weight of a tumour's fill: the mask blurred by a Gaussian of ``blur_mm`` (sigma, mm; per axis in
+    voxels with ``spacing``), zero outside the mask so the outside stays untouched (Hu et al. 2023, eq. 4)."""
+    return ndimage.gaussian_filter(mask.astype(np.float32), blur_mm / spacing) * mask
 
 
 def parenchyma_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
@@ -215,7 +256,7 @@ class HeuristicTexture:
         inside = texture[mask]
         texture = (texture - inside.mean()) / (inside.std() + 1e-6) * draw.internal_sd * organ_sd
         texture += organ_mean + draw.contrast_sd * organ_sd
-        weight = ndimage.gaussian_filter(mask.astype(np.float32), draw.edge_blur_mm / spacing) * mask
+        weight = edge_weight(mask, draw.edge_blur_mm, spacing)
         filled = (1.0 - weight) * image + weight * texture
         return np.where(mask, filled.astype(image.dtype), image)
 
@@ -231,8 +272,7 @@ class HeuristicTexture:
         # texture: Gaussian noise N(mu_t, sigma_p) on a grid of grain_mm cells, scaled up (cubic) and blurred
         texture = self._texture(image, organ_mean + contrast * organ_sd, organ_sd, grain_mm, rng, spacing)
 
-        # blend weight: blurred mask, kept inside the mask so the outside is untouched (Hu et al. 2023, eq. 4)
-        weight = ndimage.gaussian_filter(mask.astype(np.float32), edge_sigma_mm / spacing) * mask
+        weight = edge_weight(mask, edge_sigma_mm, spacing)
         filled = (1.0 - weight) * image + weight * texture
         if capsule:  # Hu et al. 2023, eq. 6-8: brighten the tumour's rim, blurred, by d
             depth_mm = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
