@@ -116,9 +116,9 @@ class DDPMTexture:
         values = image[mask].astype(np.float64)
         target_mean = organ_mean + draw.contrast_sd * organ_sd
         wanted = float(np.clip(draw.internal_sd * organ_sd / max(float(values.std()), 1e-9), *GRAIN_SCALE))
-        for scale in np.linspace(wanted, min(wanted, 1.0), 5):  # a larger spread only while the range allows it
+        shift = (target_mean - values.mean()) / weight.mean()  # scaling around the mean leaves the mean as it is
+        for scale in np.linspace(wanted, 1.0, 5) if wanted > 1.0 else [wanted]:  # wider only while the range allows
             scaled = values.mean() + scale * (values - values.mean())
-            shift = (target_mean - scaled.mean()) / weight.mean()
             if self._share_out_of_range(scaled + shift * weight) <= MAX_SHIFTED_OUT:
                 break
         filled = scaled + self._limited_shift(scaled, weight, shift) * weight
