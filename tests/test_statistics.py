@@ -332,3 +332,30 @@ def test_quality_gate_data_takes_the_faintest_annotated_tumour(tmp_path):
     for bad in ("faint", -0.5, True):
         with pytest.raises(ValueError, match="min_contrast_sd"):
             SynthSettings(min_contrast_sd=bad).check()
+
+
+def test_recorded_intensity_range_is_the_training_tumours_and_ring_percentiles():
+    """The checkpoint's range: 0.5 and 99.5 % of the training tumours' and their ring's intensities; the clamp
+    spans both."""
+    from scipy import ndimage
+
+    from nnunetv2_tumorsynth.ddpm.data import RANGE_PERCENTILES, tumour_intensities
+    from nnunetv2_tumorsynth.synthesis.statistics import RING_MM
+
+    cases = {f"case{i}": liver_with_tumours(np.random.default_rng(i), -2.0, 6.0) for i in range(2)}
+    source = SimpleNamespace(training_cases=["case0", "case1"], channel=0, tumour_label=2, organ_label=1,
+                             spacing=SPACING,
+                             load_case=lambda case: (cases[case][0][None], cases[case][1][None]))
+    ranges, statistics = tumour_intensities([source])
+    assert RANGE_PERCENTILES == (0.5, 99.5) and len(statistics) == 6
+
+    tumour, ring = [], []
+    for image, labels in cases.values():
+        tumour.append(image[labels == 2])
+        near = ndimage.distance_transform_edt(labels != 2, sampling=SPACING) <= RING_MM
+        ring.append(image[near & (labels == 1)])
+    tumour, ring = np.concatenate(tumour), np.concatenate(ring)
+    assert ranges["tumour"] == pytest.approx(np.percentile(tumour, [0.5, 99.5]))
+    assert ranges["parenchyma"] == pytest.approx(np.percentile(ring, [0.5, 99.5]))
+    assert ranges["clamp"] == pytest.approx([min(ranges["tumour"][0], ranges["parenchyma"][0]),
+                                             max(ranges["tumour"][1], ranges["parenchyma"][1])])

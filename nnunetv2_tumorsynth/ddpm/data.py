@@ -374,13 +374,18 @@ class TumourCrops:
         return apply_augmentation(image, aug), apply_augmentation(mask, aug)
 
 
+RANGE_PERCENTILES = (0.5, 99.5)  # of the tumours' and their parenchyma's intensities; docs/ddpm.md#brightness
+
+
 def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[float]], list]:
     """The training tumours' intensities and what they look like, read from the training cases only.
 
     Returns ({"tumour": [q0.5, q99.5], "parenchyma": [q0.5, q99.5], "clamp": [lo, hi]}, the tumours'
     ``synthesis.statistics.TumourStatistics``). The parenchyma is the organ within ``RING_MM`` of a tumour; the
     clamp spans both, in the normalised intensities the model learns: samplers keep the predicted clean image in
-    it (a crop that holds fat or air must not let fills go darker than any tumour or parenchyma).
+    it (a crop that holds fat or air must not let fills go darker than any tumour or parenchyma). The
+    percentiles are ``RANGE_PERCENTILES``: 0.1 and 99.9 % let the phantom's fills reach darker values and the
+    networks trained on them fired on more dark specks (docs/benchmarks.md, "The recorded intensity range").
     """
     from scipy import ndimage
 
@@ -404,7 +409,7 @@ def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[
     for name, values in (("tumour", tumour_values), ("parenchyma", ring_values)):
         values = np.concatenate(values) if values else np.zeros(0, np.float32)
         if values.size:
-            ranges[name] = [float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))]
+            ranges[name] = [float(np.percentile(values, q)) for q in RANGE_PERCENTILES]
     if ranges:
         ranges["clamp"] = [min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values())]
     return ranges, statistics
