@@ -192,3 +192,20 @@ def test_bench_label_efficiency_options_table_curve_and_figure(tmp_path):
         assert command[command.index(option) + 1] == value
     assert "--reuse" in command and command[command.index("--arms") + 1:command.index("--arms") + 3] == ["plain",
                                                                                                         "heur"]
+
+
+def test_false_positive_components_are_the_predicted_tumours_touching_no_reference_tumour():
+    fp = benchmark_module("false_positive_components")
+    reference = np.zeros((10, 20, 20), np.uint8)
+    reference[2:8, 2:18, 2:18] = 1  # organ
+    reference[4:6, 4:7, 4:7] = 2  # one tumour
+    image = np.where(reference == 1, 0.0, -5.0) + 0.1 * np.random.default_rng(0).normal(size=reference.shape)
+    prediction = np.zeros_like(reference)
+    prediction[4:6, 5:8, 5:8] = 2  # overlaps the tumour: a detection
+    prediction[3, 12, 12] = 2  # a one-voxel speck inside the organ
+    image[3, 12, 12] = -2.0
+    prediction[0:2, 0:2, 0:2] = 2  # 8 voxels outside the organ (26-connected)
+    rows = sorted(fp.false_positive_components(prediction, reference, image), key=lambda r: r["voxels"])
+    assert [r["voxels"] for r in rows] == [1, 8]
+    assert [r["inside_organ"] for r in rows] == [True, False]
+    assert rows[0]["contrast_sd"] < -5

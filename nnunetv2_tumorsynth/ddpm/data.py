@@ -385,7 +385,7 @@ def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[
     clamp spans both, in the normalised intensities the model learns: samplers keep the predicted clean image in
     it (a crop that holds fat or air must not let fills go darker than any tumour or parenchyma). The
     percentiles are ``RANGE_PERCENTILES``: 0.1 and 99.9 % let the phantom's fills reach darker values and the
-    networks trained on them fired on more dark specks (docs/benchmarks.md, "The recorded intensity range").
+    networks trained on them fired on more dark specks (docs/benchmarks.md, "Spread before contrast").
     """
     from scipy import ndimage
 
