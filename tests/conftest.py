@@ -21,6 +21,9 @@ for _var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
 os.environ["nnUNet_n_proc_DA"] = "1"  # one augmentation worker (0 breaks nnU-Net's planner); 2 CPU cores here
 os.environ["nnUNet_def_n_proc"] = "1"  # export/preprocessing pools: spawning 8 workers costs ~30 s here
 os.environ["nnUNet_compile"] = "false"
+# two test workers share 2 cores (pytest -n 2, pyproject.toml): OpenMP threads that wait sleep instead of spinning,
+# so that two torch processes do not slow each other down by busy-waiting
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BIN = os.path.dirname(sys.executable)
 PHANTOM_ID = 990
