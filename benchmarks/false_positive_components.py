@@ -19,19 +19,22 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunetv2_tumorsynth.evaluation import lesions
+
 ORGAN, TUMOUR = 1, 2  # the benchmark datasets' labels
 
 
 def false_positive_components(prediction: np.ndarray, reference: np.ndarray, image: np.ndarray) -> list[dict]:
-    """One dict per predicted tumour component touching no reference tumour: voxels, inside_organ, contrast_sd."""
+    """One dict per predicted tumour component touching no reference tumour (``evaluation.lesions``' false
+    positives): voxels, inside_organ, contrast_sd."""
     organ = reference == ORGAN
     mean, sd = float(image[organ].mean()), float(image[organ].std()) + 1e-6
-    components, n = ndimage.label(prediction == TUMOUR, structure=np.ones((3, 3, 3), bool))
+    components, _, false_positives = lesions.false_positive_components(reference == TUMOUR, prediction == TUMOUR)
+    boxes = ndimage.find_objects(components)
     rows = []
-    for index, where in enumerate(ndimage.find_objects(components), start=1):
+    for index in false_positives:
+        where = boxes[index - 1]
         component = components[where] == index
-        if (reference[where][component] == TUMOUR).any():
-            continue
         rows.append({"voxels": int(component.sum()),
                      "inside_organ": bool(np.mean(reference[where][component] >= ORGAN) > 0.5),
                      "contrast_sd": (float(image[where][component].mean()) - mean) / sd})
@@ -47,13 +50,13 @@ def main() -> None:
     if not labels:
         parser.error(f"no nnUNet_raw/*_Scarce/labelsTs in {args.workdir}: run bench_benefit.py there first")
     images = labels[0][: -len("labelsTs")] + "imagesTs"
+    read = lambda path: sitk.GetArrayFromImage(sitk.ReadImage(path))
     for run in sorted(glob.glob(os.path.join(args.workdir, "predictions", "run*"))):
         for arm in args.arms:
             files = sorted(glob.glob(os.path.join(run, arm, "*.nii.gz")))
             rows = []
             for path in files:
                 case = os.path.basename(path)[: -len(".nii.gz")]
-                read = lambda p: sitk.GetArrayFromImage(sitk.ReadImage(p))
                 rows += false_positive_components(read(path), read(os.path.join(labels[0], case + ".nii.gz")),
                                                   read(os.path.join(images, case + "_0000.nii.gz")).astype(float))
             voxels = np.array([r["voxels"] for r in rows])

@@ -85,6 +85,14 @@ def equivalent_radius_mm(volume_mm3: float) -> float:
     return float((3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0))
 
 
+def false_positive_components(reference: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, int, list[int]]:
+    """The predicted components (full connectivity: 26 in 3D) of boolean masks of the same shape: (their labelled
+    array, how many, the labels of those that touch no reference voxel: the false positives)."""
+    components, n = ndimage.label(prediction, structure=np.ones((3,) * prediction.ndim, dtype=bool))
+    touching = set(np.unique(components[reference & (components > 0)]).tolist())
+    return components, int(n), [i for i in range(1, n + 1) if i not in touching]
+
+
 def match_lesions(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], min_overlap: float = 0.0,
                   size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM) -> LesionResult:
     """Detection of each reference lesion and false-positive predicted components of one label.
@@ -98,7 +106,6 @@ def match_lesions(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
     structure = np.ones((3,) * reference.ndim, dtype=bool)
     voxel_mm3 = float(np.prod(spacing))
     ref_components, n_ref = ndimage.label(reference, structure=structure)
-    pred_components, n_pred = ndimage.label(prediction, structure=structure)
     lesions = []
     if n_ref:
         sizes = np.bincount(ref_components.ravel(), minlength=n_ref + 1)[1:]
@@ -109,5 +116,5 @@ def match_lesions(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
             overlap = float(hit) / float(size)
             lesions.append(Lesion(i, int(size), volume / 1000.0, radius, size_bin(radius, size_bins_mm), overlap,
                                   bool(hit > 0 and overlap >= min_overlap)))
-    touching = np.unique(pred_components[reference & (pred_components > 0)])
-    return LesionResult(lesions, int(n_pred), int(n_pred - touching.size))
+    _, n_pred, false_positives = false_positive_components(reference, prediction)
+    return LesionResult(lesions, n_pred, len(false_positives))
