@@ -387,8 +387,7 @@ def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[
     percentiles are ``RANGE_PERCENTILES``: 0.1 and 99.9 % let the phantom's fills reach darker values and the
     networks trained on them fired on more dark specks (docs/benchmarks.md, "Spread before contrast").
     """
-    from scipy import ndimage
-
+    from nnunetv2_tumorsynth.synthesis.features import parenchyma_ring
     from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, measure_tumours
 
     tumour_values, ring_values, statistics = [], [], []
@@ -402,8 +401,7 @@ def tumour_intensities(sources: Sequence[TrainingFold]) -> tuple[dict[str, list[
             tumour_values.append(image[tumour])
             if source.organ_label is None:
                 continue
-            near = ndimage.distance_transform_edt(~tumour, sampling=source.spacing) <= RING_MM
-            ring_values.append(image[near & (labels == source.organ_label)])
+            ring_values.append(image[parenchyma_ring(tumour, labels == source.organ_label, source.spacing, RING_MM)])
             statistics += measure_tumours(image, labels, source.organ_label, source.tumour_label, source.spacing, case)
     ranges: dict[str, list[float]] = {}
     for name, values in (("tumour", tumour_values), ("parenchyma", ring_values)):

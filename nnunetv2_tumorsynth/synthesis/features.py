@@ -125,6 +125,13 @@ def boundary_gradient(image: np.ndarray, tumour: np.ndarray, allowed: np.ndarray
     return float(magnitude[band].mean())
 
 
+def parenchyma_ring(tumour: np.ndarray, organ: np.ndarray, spacing: Sequence[float], ring_mm: float) -> np.ndarray:
+    """Organ voxels outside the tumour within ``ring_mm`` (mm) of it: the parenchyma a tumour's contrast and grain
+    are measured against (``shell_mm``), and the one the textures fill to (``texture.ring_statistics``)."""
+    distance_mm = ndimage.distance_transform_edt(~tumour, sampling=spacing)
+    return organ & ~tumour & (distance_mm <= ring_mm)
+
+
 def tumour_features(image: np.ndarray, tumour: np.ndarray, organ: np.ndarray, spacing: Sequence[float],
                     other_tumours: np.ndarray | None = None, shell_mm: float | None = None,
                     organ_stats: tuple[float, float] | None = None, method: str | None = None) -> dict[str, float]:
@@ -145,8 +152,7 @@ def tumour_features(image: np.ndarray, tumour: np.ndarray, organ: np.ndarray, sp
     t, img, org, every = tumour[box], image[box].astype(np.float64), reference_organ[box], all_tumours[box]
 
     if shell_mm is not None:
-        distance = ndimage.distance_transform_edt(~t, sampling=spacing)
-        values = img[org & (distance <= shell_mm)]
+        values = img[parenchyma_ring(t, org, spacing, shell_mm)]
         mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
     elif organ_stats is not None:
         mean, sd = organ_stats

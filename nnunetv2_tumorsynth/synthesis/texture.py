@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
+from nnunetv2_tumorsynth.synthesis.features import parenchyma_ring
 from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw, large_scale_component
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
@@ -193,8 +194,7 @@ def ring_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
                     spacing: np.ndarray) -> tuple[float, float]:
     """Mean and SD of the parenchyma ring, organ voxels within ``RING_MM`` of the mask (as the fold's tumours are
     measured, ``synthesis.statistics``); the whole parenchyma when the ring has too few voxels."""
-    distance_mm = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    ring = organ & ~mask & (distance_mm <= RING_MM)
+    ring = parenchyma_ring(mask, organ, spacing, RING_MM)
     if ring.sum() > 20:
         return float(image[ring].mean()), float(image[ring].std()) + 1e-3
     return parenchyma_statistics(image, mask, organ, spacing)
