@@ -282,7 +282,8 @@ def check_files_complete(references: dict[str, str], folders: Sequence[Folder], 
 
 
 def read_label_map(reader_class: type, path: str, case: str = "?", role: str = "label map") -> tuple[np.ndarray, dict]:
-    """Label map (array axis order of nnU-Net's reader, first axis of its channel dimension removed) and geometry.
+    """Label map (array axis order of nnU-Net's reader, first axis of its channel dimension removed) and geometry
+    (``geometry``; with the reader's own ``properties``, which its ``write_seg`` needs to write a label map back).
 
     A file the reader cannot read is a CorruptFile naming it (one line, the reader's last message line)."""
     try:
@@ -292,7 +293,7 @@ def read_label_map(reader_class: type, path: str, case: str = "?", role: str = "
         raise CorruptFile(f"the {role} {path} cannot be read ({type(e).__name__}: {lines[-1].strip()[:200]}); "
                           f"{what_to_do(case, role)}") from e
     segmentation = segmentation[0]
-    return segmentation, geometry(segmentation, properties)
+    return segmentation, {**geometry(segmentation, properties), "properties": properties}
 
 
 def check_label_values(job: CaseJob, role: str, path: str, segmentation: np.ndarray) -> None:
