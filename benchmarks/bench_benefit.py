@@ -38,7 +38,10 @@ Everything runs through the real commands, on phantoms, in private nnU-Net folde
    (free) have the polarity of ``--heuristic-polarity`` (default: the trainers' default, "either"; "darker" is
    Hu et al. 2023's); calibrated ones (heur) take the sign of the fold's tumours.
 4. ``nnUNetv2_predict`` on the test set; ``tumorsynth_evaluate`` of every arm with the plain arm of the same
-   run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests).
+   run as baseline (tumour Dice, NSD at 2 mm, lesion sensitivity by size bin, paired tests). With
+   ``--postprocess`` every arm's predictions also go through ``tumorsynth_postprocess`` (predicted tumours below
+   half the radius of the smallest Scarce training tumour removed; one threshold for every arm) and are
+   evaluated again as ``<arm>_pp`` against ``plain_pp``.
 5. One table: mean ± std over runs; per-run report folders under ``<workdir>/reports``. The phantom's tumours
    are darker or brighter than the organ (half each in expectation); the table gives the sensitivity for each
    polarity separately (``lesion_polarities``: the tumour's mean against the organ's mean in the raw image).
@@ -47,7 +50,7 @@ Run::
 
     python benchmarks/bench_benefit.py [--workdir /tmp/bench_benefit] [--runs 3] [--epochs 10] \\
         [--train 8] [--annotated 2] [--test 12] [--features 8 16 32] [--arms plain ddpm heur free full gated] \\
-        [--heuristic-polarity either|darker|brighter] [--data phantom|real_mr] [--real-mr-source DIR]
+        [--heuristic-polarity either|darker|brighter] [--data phantom|real_mr] [--real-mr-source DIR] [--postprocess]
 
 Measured: see the README section "Does it help?" (the figures, the command and the machine).
 """
@@ -244,6 +247,9 @@ def main() -> None:
     parser.add_argument("--real-mr-source", metavar="DIR", default=None,
                         help="folder of mr_abdomen.nii.gz and mr_abdomen_seg.nii.gz (--data real_mr; default "
                              "../shared/data/real_mr beside the repository)")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="also evaluate every arm after tumorsynth_postprocess (rows <arm>_pp; one threshold for "
+                             "all arms, from the Scarce training tumours)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing --workdir: skip finished steps")
     args = parser.parse_args()
     if "plain" not in args.arms:
@@ -302,7 +308,8 @@ def main() -> None:
         arm_env["ddpm_before"]["TUMORSYNTH_DDPM_CHECKPOINT"] = checkpoint_without_range(
             checkpoint, os.path.join(work, "ddpm_no_range.pth"))
 
-    rows: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    rows: dict[str, list[dict]] = {arm: [] for arm in args.arms + ([f"{a}_pp" for a in args.arms]
+                                                                   if args.postprocess else [])}
     polarities = lesion_polarities(test_images, test_labels)
     for run in range(args.runs):
         renv = run_env(env, work, run)  # evaluation only; each arm trains and predicts in its own (below)
@@ -326,9 +333,16 @@ def main() -> None:
             os.replace(out + ".partial", out)
             with open(timings_file, "w") as f:
                 json.dump(timings, f, indent=1)
-        for arm in args.arms:
+        for arm in args.arms if args.postprocess else []:
+            predictions[f"{arm}_pp"] = predictions[arm] + "_pp"
+            if not (os.path.isdir(predictions[f"{arm}_pp"]) and args.reuse):
+                timings[f"{arm}_run{run}_postprocess"] = sh(
+                    ["tumorsynth_postprocess", "-i", predictions[arm], "-o", predictions[f"{arm}_pp"], "-d",
+                     str(DATASETS["Scarce"]), "-p", TINY_PLANS, "-f", "all", "--overwrite"], renv, log)
+        for arm in rows:
             report = os.path.join(work, "reports", f"run{run}", arm)
-            baseline = [] if arm == "plain" else ["-baseline", predictions["plain"]]
+            plain = "plain_pp" if arm.endswith("_pp") else "plain"
+            baseline = [] if arm == plain else ["-baseline", predictions[plain]]
             timings[f"{arm}_run{run}_evaluate"] = sh(
                 ["tumorsynth_evaluate", "-ref", test_labels, "-pred", predictions[arm], *baseline, "-l", "liver",
                  "tumour", "--tolerance-mm", "2", "-np", "2", "-o", report, "--overwrite"], renv, log)
@@ -341,13 +355,12 @@ def main() -> None:
               f"sens. darker ({n_darker})", f"sens. brighter ({len(polarities) - n_darker})", "FP/case",
               "organ Dice", "p (t, vs plain)", "p (Wilcoxon)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arm in args.arms:
-        r = rows[arm]
+    for arm, r in rows.items():
         cells = [mean_std([x[key] for x in r]) for key in ("dice", "nsd", "sensitivity", "small_sensitivity",
                                                            "darker_sensitivity", "brighter_sensitivity",
                                                            "fp_per_case", "organ_dice")]
         for key in ("p_t", "p_wilcoxon"):
-            cells.append("-" if arm == "plain" else
+            cells.append("-" if arm in ("plain", "plain_pp") else
                          ", ".join("n/a" if x.get(key) is None else f"{x[key]:.3g}" for x in r))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)

@@ -1,4 +1,5 @@
-"""What talks to nnU-Net: preprocessed datasets (``dataset``), tiny plans (``plans``), trainer helpers (``trainers``).
+"""What talks to nnU-Net: preprocessed datasets (``dataset``), tiny plans (``plans``), trainer helpers (``trainers``),
+postprocessing of predictions (``postprocess``).
 
 Everything else in the library works on plain arrays; this package is where nnU-Net's folder layout and file
 formats are known.
