@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from nnunetv2_tumorsynth.cli import fold_argument
 from nnunetv2_tumorsynth.cli.evaluate import one_line
 from nnunetv2_tumorsynth.files import CorruptFile
 from nnunetv2_tumorsynth.nnunet.postprocess import MIN_RADIUS_FRACTION, postprocess_folder
-
-
-def fold(value: str) -> int | str:
-    """nnU-Net's fold argument: an integer or "all"."""
-    return value if value == "all" else int(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-d", required=True, help="dataset id or name the model was trained on")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
-    parser.add_argument("-f", type=fold, default=0, help="fold whose training cases set the threshold (default 0)")
+    parser.add_argument("-f", type=fold_argument, default=0,
+                        help="fold whose training cases set the threshold, or 'all' (default 0)")
     parser.add_argument("--min-volume-mm3", type=float, default=None,
                         help="remove tumours smaller than this (mm^3) instead of the fold's threshold")
     parser.add_argument("--min-radius-fraction", type=float, default=MIN_RADIUS_FRACTION,

@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunetv2_tumorsynth.cli import fold_argument
 from nnunetv2_tumorsynth.ddpm.network import PRESETS
-
-
-def _fold(value: str) -> int | str:
-    return value if value == "all" else int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", nargs="+", required=True, metavar="DATASET",
                         help="dataset id(s) or name(s); output goes under the first one's results folder")
     parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default 3d_fullres)")
-    parser.add_argument("-f", type=_fold, required=True, help="fold (0-4, or 'all')")
+    parser.add_argument("-f", type=fold_argument, required=True, help="fold (0-4, or 'all')")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="network preset: paper (862 M parameters, Quinton et al. 2026, Table 1), fast (on-the-fly "
