@@ -44,7 +44,8 @@ def md5(path: str) -> str:
 def test_postprocess_cli_removes_specks_with_the_folds_threshold(phantom_dataset, tmp_path):
     """Predictions = the phantom's test labels plus a one-voxel tumour inside the liver and one outside: the command
     removes both with the threshold from fold 0's annotated training tumours, keeps every real tumour, copies
-    dataset.json, records what it did, never touches -i, refuses an existing -o and names a truncated file."""
+    dataset.json, records what it did, never touches -i, takes a threshold of the user's (--min-volume-mm3),
+    refuses an existing -o and names a truncated file."""
     predictions = tmp_path / "pred"
     predictions.mkdir()
     shutil.copy(os.path.join(phantom_dataset.raw, "dataset.json"), predictions / "dataset.json")
@@ -76,6 +77,10 @@ def test_postprocess_cli_removes_specks_with_the_folds_threshold(phantom_dataset
         assert np.array_equal(sitk.GetArrayFromImage(cleaned), reference), "specks gone, the real tumours kept"
         assert cleaned.GetSpacing() == sitk.ReadImage(str(predictions / f"{case}.nii.gz")).GetSpacing()
     assert before == {name: md5(str(predictions / name)) for name in os.listdir(predictions)}, "-i untouched"
+    everything = run(arguments[:4] + [str(tmp_path / "all_gone")] + arguments[5:] + ["--min-volume-mm3", "1e9"],
+                     env=phantom_dataset.env)
+    assert "given: --min-volume-mm3 1e+09" in everything.stdout
+    assert not (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "all_gone" / f"{cases[0]}.nii.gz"))) == 2).any()
     again = run(arguments, env=phantom_dataset.env, check=False)
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
     data = (predictions / f"{cases[0]}.nii.gz").read_bytes()

@@ -15,11 +15,15 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.files import atomic_path, check_complete, write_json_atomic
+
+if TYPE_CHECKING:
+    from nnunetv2_tumorsynth.nnunet.dataset import PreprocessedDataset
 
 MIN_RADIUS_FRACTION = 0.5  # a predicted tumour below half the smallest annotated tumour's equivalent radius is removed
 POSTPROCESSING_JSON = "postprocessing.json"
@@ -69,7 +73,8 @@ class PostprocessSummary:
                 "removed": self.removed, "removed_total": int(sum(self.removed.values()))}
 
 
-def fold_tumour_threshold(source, fold: int | str, fraction: float = MIN_RADIUS_FRACTION) -> tuple[float, str]:
+def fold_tumour_threshold(source: PreprocessedDataset, fold: int | str,
+                          fraction: float = MIN_RADIUS_FRACTION) -> tuple[float, str]:
     """The threshold (mm^3) from the annotated training tumours of ``fold`` of a ``PreprocessedDataset`` (the cases
     and measurements of the trainers' tumour statistics), and a sentence saying how it was chosen; ValueError when
     the fold has none."""
@@ -115,9 +120,10 @@ def postprocess_folder(input_folder: str, output_folder: str, dataset: str | int
     if not cases:
         raise FileNotFoundError(f"{input_folder} holds no {dataset_json['file_ending']} label maps")
     source = PreprocessedDataset.open(dataset, plans, configuration, tumour_label=tumour_label)
-    rule = f"given: --min-volume-mm3 {min_volume_mm3:g}" if min_volume_mm3 is not None else None
     if min_volume_mm3 is None:
         min_volume_mm3, rule = fold_tumour_threshold(source, fold, fraction)
+    else:
+        rule = f"given: --min-volume-mm3 {min_volume_mm3:g}"
     reader_class = reader_for(dataset_json, next(iter(cases.values())))
     os.makedirs(output_folder, exist_ok=True)
     removed = {}
