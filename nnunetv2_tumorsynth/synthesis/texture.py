@@ -28,7 +28,9 @@ from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 BRIGHTNESS = ("model", "data")  # DDPMTexture.brightness
 MAX_SHIFTED_OUT = 0.01  # brightness "data": share of a fill's voxels the shift may push out of the recorded range
 SMOOTHING_ROUNDS = 5  # brightness "data": most rounds that scale a fill's large-scale variation down to the draw's
-GRAIN_SCALE = (0.5, 1.5)  # brightness "data": the factor that brings a fill's spread to the draw's stays within
+# brightness "data": the factor that brings a fill's spread to the draw's stays within; chosen on the training tumours
+# (tumorsynth_generate --replace-real, docs/benchmarks.md "Grain with the edge blend"): 1.5 left them fainter
+GRAIN_SCALE = (0.5, 3.0)
 
 
 class DDPMTexture:
@@ -94,9 +96,10 @@ class DDPMTexture:
            ``draw.smooth_sd`` ring SDs, the real drawn tumour's: a model that learnt a handful of tumours can fill a
            larger mask with a dark blob on one side and parenchyma grey on the other, where the fold's tumours are
            uniform; a fold of blotchy tumours keeps blotchy fills;
-        2. its spread around its mean is scaled to ``draw.internal_sd`` ring SDs (by a factor within
-           ``GRAIN_SCALE``; a larger spread only as far as step 3 then keeps ``MAX_SHIFTED_OUT`` inside the recorded
-           range): a small model's grain comes out fainter than the tumours it learnt;
+        2. its spread around its mean is scaled so that the finished fill, step 3's blended shift included
+           (``grain_scale``), has ``draw.internal_sd`` ring SDs (a factor within ``GRAIN_SCALE``; a larger spread
+           only as far as step 3 then keeps ``MAX_SHIFTED_OUT`` inside the recorded range): a small model's grain
+           comes out fainter than the tumours it learnt;
         3. a constant, blended over ``draw.edge_blur_mm`` (``edge_weight``), is added so that the mean inside the
            mask is ``draw.contrast_sd`` ring SDs from the parenchyma ring's mean. The shift stops where more than
            ``MAX_SHIFTED_OUT`` of the fill's voxels would leave the recorded range (``x0_range``; the rest is
@@ -116,8 +119,8 @@ class DDPMTexture:
             image[mask] -= (excess * smooth).astype(image.dtype)
         values = image[mask].astype(np.float64)
         target_mean = organ_mean + draw.contrast_sd * organ_sd
-        wanted = float(np.clip(draw.internal_sd * organ_sd / max(float(values.std()), 1e-9), *GRAIN_SCALE))
         shift = (target_mean - values.mean()) / weight.mean()  # scaling around the mean leaves the mean as it is
+        wanted = grain_scale(values, weight, shift, draw.internal_sd * organ_sd)
         for scale in np.linspace(wanted, 1.0, 5) if wanted > 1.0 else [wanted]:  # wider only while the range allows
             scaled = values.mean() + scale * (values - values.mean())
             if self._share_out_of_range(scaled + shift * weight) <= MAX_SHIFTED_OUT:
@@ -150,6 +153,21 @@ class DDPMTexture:
         own range widened by 50 % is used then)."""
         bounds = self.metadata.get("intensity_range", {}).get("clamp")
         return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+
+def grain_scale(values: np.ndarray, weight: np.ndarray, shift: float, target_sd: float) -> float:
+    """The factor ``a`` (within ``GRAIN_SCALE``) for which ``mean + a (values - mean) + shift weight`` has the SD
+    ``target_sd``: the shift blended over the edge adds spread of its own, and takes some away where the fill's own
+    pattern runs against it (a fill dark in the middle and grey at its rim, shifted brighter, flattens), so the
+    factor is solved with it: a^2 var(v) + 2 a shift cov(v, w) + shift^2 var(w) = target_sd^2. When the blend alone
+    is wider than the target, the smallest factor."""
+    deviation = values - values.mean()
+    variance, covariance = float(np.mean(deviation**2)), float(np.mean(deviation * (weight - weight.mean())))
+    constant = shift**2 * float(weight.var()) - target_sd**2
+    discriminant = (shift * covariance) ** 2 - variance * constant
+    if variance <= 1e-12 or discriminant < 0:
+        return GRAIN_SCALE[0]
+    return float(np.clip((-shift * covariance + np.sqrt(discriminant)) / variance, *GRAIN_SCALE))
 
 
 def edge_weight(mask: np.ndarray, blur_mm: float, spacing: np.ndarray) -> np.ndarray:
