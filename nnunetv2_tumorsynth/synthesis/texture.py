@@ -29,7 +29,7 @@ BRIGHTNESS = ("model", "data")  # DDPMTexture.brightness
 MAX_SHIFTED_OUT = 0.01  # brightness "data": share of a fill's voxels the shift may push out of the recorded range
 SMOOTHING_ROUNDS = 5  # brightness "data": most rounds that scale a fill's large-scale variation down to the draw's
 # brightness "data": the factor that brings a fill's spread to the draw's stays within; chosen on the training tumours
-# (tumorsynth_generate --replace-real, docs/benchmarks.md "Grain with the edge blend"): 1.5 left them fainter
+# (tumorsynth_generate --replace-real, docs/benchmarks.md "The grain with the edge blend"): 1.5 left them fainter
 GRAIN_SCALE = (0.5, 3.0)
 
 
