@@ -13,10 +13,11 @@ from nnunetv2_tumorsynth.bank.session import SyntheticTumourTraining
 from nnunetv2_tumorsynth.bank.settings import SynthSettings
 from nnunetv2_tumorsynth.bank.store import SynthesisBank, entry_paths
 from nnunetv2_tumorsynth.synthesis.entry import Entry
+from nnunetv2_tumorsynth.synthesis.features import parenchyma_mean_sd, parenchyma_ring
 from nnunetv2_tumorsynth.synthesis.shape import equivalent_radius_mm
-from nnunetv2_tumorsynth.synthesis.statistics import FoldStatistics, measure_tumours
+from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, FoldStatistics, measure_tumours
 from nnunetv2_tumorsynth.synthesis.synthesise import TumourSettings
-from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture
+from nnunetv2_tumorsynth.synthesis.texture import HeuristicTexture, ring_statistics
 
 SPACING = (2.0, 1.0, 1.0)
 SHAPE = (30, 80, 80)
@@ -64,6 +65,36 @@ def test_measured_contrast_size_and_depth():
     ramp = np.arange(SHAPE[2], dtype=np.float32) * 0.3  # 0.3 SD per mm along x: SD 0.8 within a 6 mm ball
     for row in measure_tumours(image + ramp * (labels == 2), labels, 1, 2, SPACING):
         assert 0.3 < row.smooth_sd < 0.8, "a ramp across the tumour is large-scale (smoothing keeps about half)"
+
+
+def test_parenchyma_statistics_leave_out_a_vessel():
+    """A bright vessel in a tumour's ring is not parenchyma: with one crossing the ring, the contrast and grain are
+    measured in the same units as away from it (a ring SD inflated by the vessel would make them read fainter)."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(1.0, 0.2, 5000)
+    assert parenchyma_mean_sd(values) == pytest.approx((1.0, 0.2), abs=0.01)
+    with_vessel = np.concatenate([values, np.full(600, 4.0)])  # 11 % of the ring at +15 SDs
+    assert with_vessel.std() > 0.5
+    assert parenchyma_mean_sd(with_vessel) == pytest.approx((1.0, 0.2), abs=0.01)
+    checkerboard = np.tile([90.0, 110.0], 500)  # a bimodal parenchyma keeps every voxel (no outliers)
+    assert parenchyma_mean_sd(checkerboard) == pytest.approx((100.0, 10.0))
+
+    image, labels = liver_with_tumours(np.random.default_rng(0), -1.5, 6.0)
+    vessel = np.zeros(SHAPE, bool)
+    vessel[:, 36:38, 24:33] = True  # beside the first tumour (centre y 30, x 28, 6 mm), inside its 5 mm ring
+    vessel &= labels == 1
+    with_vessel = image + 6.0 * vessel
+    plain_rows, vessel_rows = (measure_tumours(im, labels, 1, 2, SPACING) for im in (image, with_vessel))
+    ring = parenchyma_ring(labels == 2, labels == 1, SPACING, RING_MM)
+    assert (vessel & ring).sum() > 20, "the vessel crosses the ring"
+    assert with_vessel[ring].std() > 1.3 * image[ring].std()
+    for plain, beside in zip(plain_rows, vessel_rows):
+        assert beside.contrast_sd == pytest.approx(plain.contrast_sd, abs=0.1)
+        assert beside.internal_sd == pytest.approx(plain.internal_sd, abs=0.05)
+    mask = (labels == 2) & (np.abs(np.indices(SHAPE)[1] - 30) < 8) & (np.abs(np.indices(SHAPE)[2] - 28) < 8)
+    spacing = np.asarray(SPACING)
+    assert ring_statistics(with_vessel, mask, labels == 1, spacing) == pytest.approx(
+        ring_statistics(image, mask, labels == 1, spacing), abs=0.03)
 
 
 def test_draws_follow_the_fold_and_are_a_function_of_the_generator():
@@ -265,7 +296,8 @@ def test_fidelity_check_warns_about_contrast_and_clamped_fills():
     brighter = [replace(t, contrast_sd=t.contrast_sd + 2.5) for t in real.tumours]
     off = fidelity_check(real, brighter, clamp_share=0.05)
     assert len(off.warnings) == 2
-    assert "median contrast (+1." in off.warnings[0] and "5.0 %" in off.warnings[1]
+    median = float(np.median([t.contrast_sd for t in brighter]))
+    assert median > 0.5 and f"median contrast ({median:+.2f}" in off.warnings[0] and "5.0 %" in off.warnings[1]
     assert "ddpm_brightness 'data'" in off.warnings[0], "the remedy for faint diffusion fills is named"
     mixed = FoldStatistics([replace(t, contrast_sd=-t.contrast_sd) if i == 0 else t
                             for i, t in enumerate(real.tumours)])

@@ -4,7 +4,8 @@ a few numbers (:mod:`.realism` compares their real and synthetic distributions).
 
 - ``volume_ml``: voxel count x voxel volume / 1000.
 - ``contrast_sd``: (tumour mean - organ mean) / organ SD. The organ is the organ label minus every tumour of
-  the image (optionally only the shell of organ within ``shell_mm`` of this tumour); SDs are population SDs.
+  the image (optionally only the shell of organ within ``shell_mm`` of this tumour); SDs are population SDs,
+  the organ's without its outliers (``parenchyma_mean_sd``: a vessel beside a tumour is not parenchyma).
   Signed: negative for tumours darker than the organ.
 - ``heterogeneity_sd``: SD of the intensities inside the tumour / organ SD (not a coefficient of variation:
   MR intensities have no physical zero, so a ratio to the tumour mean would not mean anything).
@@ -48,6 +49,9 @@ FEATURES: dict[str, str] = {
 
 # the features that describe texture and intensity (not shape): what a --replace-real comparison is about
 TEXTURE_FEATURES = ("contrast_sd", "heterogeneity_sd", "boundary_gradient", "boundary_gradient_sd")
+
+# parenchyma voxels further than this many robust SDs from the median are not parenchyma (``parenchyma_mean_sd``)
+OUTLIER_SDS = 3.5
 
 FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 SIX_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
@@ -125,6 +129,21 @@ def boundary_gradient(image: np.ndarray, tumour: np.ndarray, allowed: np.ndarray
     return float(magnitude[band].mean())
 
 
+def parenchyma_mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and SD of parenchyma intensities without their outliers: values more than ``OUTLIER_SDS`` robust SDs
+    (1.4826 x the median absolute deviation) from the median are left out. A bright vessel crossing a tumour's
+    ring would otherwise double the ring's SD, and a contrast drawn in ring SDs would come out twice as dark
+    there (docs/benchmarks.md, "Vessels in the ring"). NaN for no values."""
+    values = np.asarray(values, np.float64).ravel()
+    if values.size == 0:
+        return math.nan, math.nan
+    median = float(np.median(values))
+    robust_sd = 1.4826 * float(np.median(np.abs(values - median)))
+    if robust_sd > 0:
+        values = values[np.abs(values - median) <= OUTLIER_SDS * robust_sd]
+    return float(values.mean()), float(values.std())
+
+
 def parenchyma_ring(tumour: np.ndarray, organ: np.ndarray, spacing: Sequence[float], ring_mm: float) -> np.ndarray:
     """Organ voxels outside the tumour within ``ring_mm`` (mm) of it: the parenchyma a tumour's contrast and grain
     are measured against (``shell_mm``), and the one the textures fill to (``texture.ring_statistics``)."""
@@ -152,13 +171,11 @@ def tumour_features(image: np.ndarray, tumour: np.ndarray, organ: np.ndarray, sp
     t, img, org, every = tumour[box], image[box].astype(np.float64), reference_organ[box], all_tumours[box]
 
     if shell_mm is not None:
-        values = img[parenchyma_ring(t, org, spacing, shell_mm)]
-        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+        mean, sd = parenchyma_mean_sd(img[parenchyma_ring(t, org, spacing, shell_mm)])
     elif organ_stats is not None:
         mean, sd = organ_stats
     else:
-        values = image[reference_organ]
-        mean, sd = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+        mean, sd = parenchyma_mean_sd(image[reference_organ])
     inside = img[t]
     sd_ok = sd > 0 and not math.isnan(sd)
     gradient = boundary_gradient(img, t, org | every, spacing)
@@ -189,8 +206,7 @@ def image_features(image: np.ndarray, label: np.ndarray, organ_label: int, tumou
     """Features of each tumour of one image (components of ``label == tumour_label``, or the masks given)."""
     every = label == tumour_label
     organ = (label == organ_label) & ~every
-    values = image[organ].astype(np.float64)
-    organ_stats = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    organ_stats = parenchyma_mean_sd(image[organ])
     masks = tumour_components(every) if tumours is None else list(tumours)
     rows = []
     for mask in masks:

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunetv2_tumorsynth.geometry import check_spacing
-from nnunetv2_tumorsynth.synthesis.features import parenchyma_ring
+from nnunetv2_tumorsynth.synthesis.features import parenchyma_mean_sd, parenchyma_ring
 from nnunetv2_tumorsynth.synthesis.statistics import RING_MM, TumourDraw, large_scale_component
 from nnunetv2_tumorsynth.synthesis.vessels import vessel_mask_from_intensity
 
@@ -192,11 +192,13 @@ def parenchyma_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray
 
 def ring_statistics(image: np.ndarray, mask: np.ndarray, organ: np.ndarray,
                     spacing: np.ndarray) -> tuple[float, float]:
-    """Mean and SD of the parenchyma ring, organ voxels within ``RING_MM`` of the mask (as the fold's tumours are
-    measured, ``synthesis.statistics``); the whole parenchyma when the ring has too few voxels."""
+    """Mean and SD of the parenchyma ring, organ voxels within ``RING_MM`` of the mask, without outliers (as the
+    fold's tumours are measured, ``features.parenchyma_mean_sd``); the whole parenchyma when the ring has too few
+    voxels."""
     ring = parenchyma_ring(mask, organ, spacing, RING_MM)
     if ring.sum() > 20:
-        return float(image[ring].mean()), float(image[ring].std()) + 1e-3
+        mean, sd = parenchyma_mean_sd(image[ring])
+        return mean, sd + 1e-3
     return parenchyma_statistics(image, mask, organ, spacing)
 
 
