@@ -39,10 +39,15 @@ def min_tumour_volume_mm3(smallest_radius_mm: float, fraction: float = MIN_RADIU
     return 4.0 / 3.0 * math.pi * (fraction * smallest_radius_mm) ** 3
 
 
-def touches(component: np.ndarray, labels: np.ndarray, label: int) -> bool:
-    """Whether a voxel of ``label`` in ``labels`` is a 26-neighbour of the bool mask ``component`` (same shape)."""
-    shell = ndimage.binary_dilation(component, np.ones((3,) * component.ndim, bool)) & ~component
-    return bool((labels[shell] == label).any())
+def tumour_shells(labels: np.ndarray, tumour_label: int):
+    """Per tumour component of ``labels`` (26-connectivity): (its box grown by one voxel, the component in that box,
+    its 26-neighbours outside it in that box)."""
+    structure = np.ones((3,) * labels.ndim, bool)
+    components, _ = ndimage.label(labels == tumour_label, structure=structure)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        component = components[grown] == index
+        yield grown, component, ndimage.binary_dilation(component, structure) & ~component
 
 
 def remove_implausible_tumours(segmentation: np.ndarray, tumour_label: int, spacing: Sequence[float],
@@ -50,22 +55,17 @@ def remove_implausible_tumours(segmentation: np.ndarray, tumour_label: int, spac
     """(a copy of ``segmentation`` without the tumour components smaller than ``min_volume_mm3`` and, with an
     ``organ_label``, without those touching no voxel of it; how many of each were removed, {"small": n,
     "outside_organ": m}). A removed component takes the most frequent other label of the voxels touching it."""
-    components, n = ndimage.label(segmentation == tumour_label, structure=np.ones((3,) * segmentation.ndim, bool))
     removed = {"small": 0, "outside_organ": 0}
     out = segmentation.copy()
     voxel_mm3 = float(np.prod(spacing))
-    sizes = np.bincount(components.ravel(), minlength=n + 1)
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        component = components[grown] == index
-        if sizes[index] * voxel_mm3 < min_volume_mm3:
+    for grown, component, shell in tumour_shells(segmentation, tumour_label):
+        around = segmentation[grown][shell]
+        if component.sum() * voxel_mm3 < min_volume_mm3:
             removed["small"] += 1
-        elif organ_label is not None and not touches(component, segmentation[grown], organ_label):
+        elif organ_label is not None and not (around == organ_label).any():
             removed["outside_organ"] += 1
         else:
             continue
-        touching = ndimage.binary_dilation(component, np.ones((3,) * component.ndim, bool)) & ~component
-        around = segmentation[grown][touching]
         around = around[around != tumour_label]
         values, counts = np.unique(around, return_counts=True)
         out[grown][component] = values[np.argmax(counts)] if values.size else 0
@@ -74,12 +74,8 @@ def remove_implausible_tumours(segmentation: np.ndarray, tumour_label: int, spac
 
 def tumours_touching(labels: np.ndarray, tumour_label: int, organ_label: int) -> list[bool]:
     """Per tumour component of ``labels`` (26-connectivity): whether it touches a voxel of ``organ_label``."""
-    components, _ = ndimage.label(labels == tumour_label, structure=np.ones((3,) * labels.ndim, bool))
-    result = []
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        result.append(touches(components[grown] == index, labels[grown], organ_label))
-    return result
+    shells = tumour_shells(labels, tumour_label)
+    return [bool((labels[grown][shell] == organ_label).any()) for grown, _, shell in shells]
 
 
 @dataclass
