@@ -227,7 +227,7 @@ def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--workdir", default="/tmp/bench_benefit")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10, choices=(5, 10, 20), help="250 iterations each")
+    parser.add_argument("--epochs", type=int, default=10, choices=(5, 10, 20, 50), help="250 iterations each")
     parser.add_argument("--train", type=int, default=8)
     parser.add_argument("--annotated", type=int, default=2, help="training cases with annotated tumours (Scarce)")
     parser.add_argument("--test", type=int, default=12)

@@ -143,3 +143,15 @@ class nnUNetTrainerSynthTumorHeuristic_20epochs(ShortSchedule, nnUNetTrainerSynt
     """The heuristic texture, 20 epochs of 250 iterations."""
 
     schedule = (20, None, None)
+
+
+class nnUNetTrainerSynthTumor_50epochs(ShortSchedule, nnUNetTrainerSynthTumor):
+    """50 epochs (like nnU-Net's nnUNetTrainer_50epochs): benchmarks/bench_benefit.py --epochs 50."""
+
+    schedule = (50, None, None)
+
+
+class nnUNetTrainerSynthTumorHeuristic_50epochs(ShortSchedule, nnUNetTrainerSynthTumorHeuristic):
+    """The heuristic texture, 50 epochs of 250 iterations."""
+
+    schedule = (50, None, None)
