@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,8 @@ def min_tumour_volume_mm3(smallest_radius_mm: float, fraction: float = MIN_RADIU
     return 4.0 / 3.0 * math.pi * (fraction * smallest_radius_mm) ** 3
 
 
-def tumour_shells(labels: np.ndarray, tumour_label: int):
+def tumour_shells(labels: np.ndarray,
+                  tumour_label: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
     """Per tumour component of ``labels`` (26-connectivity): (its box grown by one voxel, the component in that box,
     its 26-neighbours outside it in that box)."""
     structure = np.ones((3,) * labels.ndim, bool)
